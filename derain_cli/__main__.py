@@ -1,0 +1,3 @@
+from derain_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""What every command shares: device choice, tiled inference, (later) the training loop."""

@@ -1,0 +1,82 @@
+"""The registry: every method derain knows, with the contract the engine reads.
+
+Adding a method means adding one module under ``derain_cli/methods/`` and one entry to
+``METHODS``. Nothing is discovered by scanning files. Importing this module does not import
+torch; a network's module is imported only when it is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+
+from derain_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the engine needs to know about a network, without knowing which one it is.
+
+    Attributes:
+        name: registry name, the ``method`` of ``method.tag`` weight names.
+        network: ``"module:Class"`` of the ``torch.nn.Module`` to build (no arguments).
+        summary: one line for ``derain models list``.
+        paper: citation of the paper the network follows.
+        size_multiple: tiles start on multiples of this, and inputs are padded (reflect) to
+            a size of ``size_multiple * k + size_offset``.
+        size_offset: see size_multiple. LPNet uses 16k + 1: every pyramid level then has odd
+            size, as the Rain100 images have, so padding and tiling keep the authors' phase.
+        overlap: pixels of context a tile needs on each side so that its blended seams match
+            whole-image output (derived from the receptive field; see docs/methods.md).
+        half_safe: whether float16 inference keeps quality (used on GPU only).
+        default_tag: the tag a bare ``name`` resolves to (``lpnet`` -> ``lpnet.rain100l``).
+        outputs: names of the maps the network returns; ``image`` is the derained picture,
+            others (a rain mask, say) have one channel in [0, 1] and can be saved alongside.
+    """
+
+    name: str
+    network: str
+    summary: str
+    paper: str
+    size_multiple: int
+    size_offset: int
+    overlap: int
+    half_safe: bool
+    default_tag: str
+    outputs: tuple[str, ...] = field(default=("image",))
+
+    def build(self):
+        """Instantiate the network with its paper configuration (random weights)."""
+        module_name, class_name = self.network.split(":")
+        return getattr(importlib.import_module(module_name), class_name)()
+
+
+METHODS: tuple[MethodSpec, ...] = (
+    MethodSpec(
+        name="lpnet",
+        network="derain_cli.methods.lpnet:LPNet",
+        summary="Lightweight pyramid network (7,548 parameters), fast on CPU",
+        paper="Fu et al., Lightweight Pyramid Networks for Image Deraining, IEEE TNNLS 2019",
+        size_multiple=16,
+        size_offset=1,
+        overlap=96,
+        half_safe=True,
+        default_tag="rain100l",
+    ),
+)
+
+
+def list_methods() -> tuple[MethodSpec, ...]:
+    return METHODS
+
+
+def get_method(name: str) -> MethodSpec:
+    """Look a method up by name; an unknown name raises UsageError naming the closest match."""
+    by_name = {spec.name: spec for spec in METHODS}
+    if name in by_name:
+        return by_name[name]
+    known = ", ".join(sorted(by_name))
+    close = difflib.get_close_matches(name, by_name, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise UsageError(f"unknown method '{name}'.{hint} Known methods: {known}.")

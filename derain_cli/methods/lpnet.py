@@ -1,0 +1,116 @@
+"""LPNet: Fu et al., "Lightweight Pyramid Networks for Image Deraining", IEEE TNNLS 2019.
+
+A 5-level Laplacian pyramid of the rainy image; one small recursive subnet per level
+(16, 8, 4, 2, 1 features from finest to coarsest); each level's estimate is added to the
+upsampled estimate of the coarser level, so the network rebuilds a Gaussian pyramid of the
+clean image. 7,548 parameters. The pyramid ops follow the authors' TensorFlow code exactly
+(SAME padding at stride 2, transposed-convolution upsampling), so their released weights
+reproduce their outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BINOMIAL_5 = (0.0625, 0.25, 0.375, 0.25, 0.0625)
+LEVELS = 5
+FEATURES = (16, 8, 4, 2, 1)  # finest to coarsest
+RECURSIONS = 5
+
+
+def _same_pad(size: int) -> tuple[int, int]:
+    """TensorFlow SAME padding of a 5-tap, stride-2 filter: (before, after)."""
+    out = -(-size // 2)
+    total = max((out - 1) * 2 + 5 - size, 0)
+    return total // 2, total - total // 2
+
+
+class LaplacianPyramid(nn.Module):
+    """Fixed binomial-filter pyramid ops on (B, C, H, W) tensors, any H and W."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        k1 = torch.tensor(BINOMIAL_5)
+        k2 = torch.outer(k1, k1)
+        self.channels = channels
+        self.register_buffer("kernel", k2.expand(channels, 1, 5, 5).clone(), persistent=False)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = _same_pad(x.shape[-2])
+        left, right = _same_pad(x.shape[-1])
+        x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.kernel, stride=2, groups=self.channels)
+
+    def up(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Transposed convolution with 4x the kernel, cropped as TF's SAME transpose does."""
+        full = F.conv_transpose2d(x, 4 * self.kernel, stride=2, groups=self.channels)
+        top = _same_pad(size[0])[0]
+        left = _same_pad(size[1])[0]
+        return full[..., top : top + size[0], left : left + size[1]]
+
+    def split(self, x: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
+        """Laplacian levels, finest first; the last entry is the coarsest Gaussian level."""
+        bands = []
+        for _ in range(levels - 1):
+            low = self.down(x)
+            bands.append(x - self.up(low, x.shape[-2:]))
+            x = low
+        bands.append(x)
+        return bands
+
+    def gaussian(self, x: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
+        """Gaussian pyramid, finest first (the targets of LPNet's per-level outputs)."""
+        out = [x]
+        for _ in range(levels - 1):
+            out.append(self.down(out[-1]))
+        return out
+
+
+class LevelSubnet(nn.Module):
+    """One pyramid level: feature conv, a recursive 3x3 -> 1x1 -> 3x3 block, 1x1 output."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, features, 3, padding=1)
+        self.block = nn.ModuleList(
+            [
+                nn.Conv2d(features, features, 3, padding=1),
+                nn.Conv2d(features, features, 1),
+                nn.Conv2d(features, features, 3, padding=1),
+            ]
+        )
+        self.output = nn.Conv2d(features, 3, 1)
+
+    def forward(self, band: torch.Tensor) -> torch.Tensor:
+        first = F.leaky_relu(self.features(band), 0.2)
+        h = first
+        for _ in range(RECURSIONS):  # the same weights on every recursion
+            for conv in self.block:
+                h = F.leaky_relu(conv(h), 0.2)
+            h = h + first
+        return self.output(h) + band
+
+
+class LPNet(nn.Module):
+    """Input (B, 3, H, W) rainy image in [0, 1]; output the derained image, clipped to [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pyramid = LaplacianPyramid()
+        self.subnets = nn.ModuleList([LevelSubnet(f) for f in FEATURES])
+
+    def pyramid_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level estimates of the clean Gaussian pyramid, finest first (unclipped)."""
+        bands = self.pyramid.split(x)
+        estimate = F.relu(self.subnets[-1](bands[-1]))
+        outputs = [estimate]
+        for level in range(LEVELS - 2, -1, -1):
+            coarse = self.pyramid.up(estimate, bands[level].shape[-2:])
+            estimate = F.relu(self.subnets[level](bands[level]) + coarse)
+            outputs.append(estimate)
+        return outputs[::-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pyramid_outputs(x)[0].clamp(0.0, 1.0)
