@@ -1,0 +1,125 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_job
+from derain_cli.engine.inference import DEFAULT_TILE, InferenceEngine
+from derain_cli.methods import MethodSpec, get_method
+from derain_cli.weights.loading import load_into, read_state_dict
+from derain_cli.weights.manifest import split_name
+from derain_cli.weights.resolve import ResolvedWeights, resolve
+
+
+class Restorer:
+    """A method with its weights on a device, ready to derain pictures of any size."""
+
+    def __init__(self, spec: MethodSpec, engine: InferenceEngine, weights: ResolvedWeights | None = None) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.weights = weights
+
+    def run(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        """(H, W, 3) uint8, uint16 or float32 in [0, 1] -> every declared output, same dtype."""
+        return self.engine.run(rgb)
+
+    def __call__(self, image):
+        """Derain a PIL image, a numpy array or a tensor, and return the same kind back.
+
+        numpy: (H, W, 3) RGB or (H, W, 4) RGBA (alpha passed through), uint8/uint16/float32.
+        torch: (3, H, W) or (B, 3, H, W) float in [0, 1].
+        PIL: RGB, RGBA, L or LA.
+        """
+        if isinstance(image, Image.Image):
+            return self._derain_pil(image)
+        if isinstance(image, torch.Tensor):
+            return self._derain_tensor(image)
+        if isinstance(image, np.ndarray):
+            return self._derain_array(image)
+        raise TypeError(f"expected a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+
+    def _derain_array(self, array: np.ndarray) -> np.ndarray:
+        if array.ndim == 3 and array.shape[2] == 4:
+            rgb = self.run(np.ascontiguousarray(array[..., :3]))["image"]
+            return np.concatenate([rgb, array[..., 3:]], axis=2)
+        return self.run(array)["image"]
+
+    def _derain_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x if x.ndim == 4 else x[None]
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected (3, H, W) or (B, 3, H, W), got {tuple(x.shape)}")
+        outs = [
+            torch.from_numpy(self.run(img.permute(1, 2, 0).float().cpu().contiguous().numpy())["image"]).permute(2, 0, 1)
+            for img in batch
+        ]
+        out = torch.stack(outs).to(device=x.device, dtype=x.dtype)
+        return out if x.ndim == 4 else out[0]
+
+    def _derain_pil(self, im: Image.Image) -> Image.Image:
+        mode = im.mode
+        if mode not in ("RGB", "RGBA", "L", "LA"):
+            im, mode = im.convert("RGB"), "RGB"
+        array = np.asarray(im)
+        if mode in ("L", "LA"):
+            gray = array if mode == "L" else array[..., 0]
+            rgb = self.run(np.repeat(gray[..., None], 3, axis=2))["image"]
+            y = np.rint(rgb.mean(axis=2, dtype=np.float32)).astype(np.uint8)
+            return Image.fromarray(y if mode == "L" else np.stack([y, array[..., 1]], axis=2), mode=mode)
+        return Image.fromarray(self._derain_array(array), mode=mode)
+
+
+def load(
+    method: str = "lpnet",
+    weights: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    tile: int = DEFAULT_TILE,
+    offline: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Restorer:
+    """Build ``method`` (``lpnet`` or ``lpnet.rain100h``) with verified weights.
+
+    Raises UsageError for an unknown method or option, WeightsError when no usable
+    checkpoint can be found (never random weights).
+    """
+    spec = get_method(split_name(method)[0])
+    resolved = resolve(method, weights, offline)
+    model = load_into(spec.build(), read_state_dict(resolved.path), resolved.label)
+    engine = InferenceEngine(model, spec, device=device, precision=precision, tile=tile, log=log)
+    return Restorer(spec, engine, resolved)
+
+
+def derain_paths(
+    inputs: Iterable[str | Path],
+    output: str | Path | None = None,
+    restorer: Restorer | None = None,
+    options: OutputOptions | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+    **load_options,
+) -> list[FileResult]:
+    """Derain files, folders and globs; returns one FileResult per input, in order.
+
+    ``output`` overrides ``options.output``; ``load_options`` go to ``load`` when no
+    ``restorer`` is given. A bad file yields a failed result, never an exception.
+    """
+    options = options or OutputOptions()
+    if output is not None:
+        options = OutputOptions(**{**options.__dict__, "output": Path(output)})
+    found = collect_inputs([str(p) for p in inputs], options.recursive, exclude=options.output)
+    jobs, results = plan_jobs(found, options)
+    for failed in results:
+        if on_result:
+            on_result(failed)
+    restorer = restorer or load(**load_options)
+    for job in jobs:
+        result = run_job(job, restorer.run, options)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results

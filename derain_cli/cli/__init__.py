@@ -1,0 +1,46 @@
+"""The `derain` command: sub-commands composed from one module each.
+
+Nothing here imports torch: `derain --help` and `derain --version` stay instant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from derain_cli import __version__
+from derain_cli.cli import models, remove
+
+app = typer.Typer(
+    name="derain",
+    help="Remove rain streaks from photographs with pretrained deep networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("remove", no_args_is_help=True)(remove.remove)
+app.add_typer(models.app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"derain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Remove rain streaks from photographs with pretrained deep networks.
+
+    Exit codes: 0 all done, 1 some inputs failed, 2 usage error,
+    3 weights unavailable or failed verification, 130 interrupted.
+    """
+
+
+def main() -> None:
+    app()

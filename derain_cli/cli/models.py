@@ -1,0 +1,95 @@
+"""`derain models`: list, download and verify checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from derain_cli.cli.common import console, error_line, exit_codes, say
+from derain_cli.errors import EXIT_WEIGHTS, WeightsError
+
+app = typer.Typer(help="List, download and verify checkpoints (weights.toml).", no_args_is_help=True)
+
+
+def _entries(names: list[str] | None):
+    from derain_cli.weights.manifest import load_manifest, split_name
+
+    entries = load_manifest()
+    if not names:
+        return list(entries.values())
+    chosen = []
+    for name in names:
+        key = "{}.{}".format(*split_name(name))
+        if key not in entries:
+            raise WeightsError(f"no checkpoint '{key}' in weights.toml (known: {', '.join(sorted(entries)) or 'none yet'})")
+        chosen.append(entries[key])
+    return chosen
+
+
+def _status(entry) -> str:
+    from derain_cli.weights.resolve import local_path
+
+    if entry.file:
+        return "bundled" if local_path(entry).is_file() else "missing (reinstall)"
+    return "cached" if local_path(entry).is_file() else "not downloaded"
+
+
+@app.command("list")
+def list_models() -> None:
+    """Methods, their checkpoints (method.tag), where each lives and whether it is here."""
+    from rich.table import Table
+
+    from derain_cli.methods import list_methods
+
+    with exit_codes():
+        entries = _entries(None)
+        table = Table(title="derain checkpoints")
+        for column in ("name", "default", "source", "status", "licence"):
+            table.add_column(column)
+        for spec in list_methods():
+            mine = [e for e in entries if e.method == spec.name]
+            if not mine:
+                table.add_row(f"{spec.name}.{spec.default_tag}", "yes", "-", "no checkpoint shipped yet", "-")
+            for e in mine:
+                source = "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
+                table.add_row(e.name, "yes" if e.tag == spec.default_tag else "", source, _status(e), e.license)
+        console.print(table)
+
+
+@app.command()
+def download(
+    names: Annotated[list[str] | None, typer.Argument(help="Checkpoints (method or method.tag); default: all.")] = None,
+) -> None:
+    """Fetch checkpoints into the cache (sha256-verified) for offline use later."""
+    from derain_cli.weights.resolve import locate
+
+    with exit_codes():
+        for entry in _entries(names):
+            resolved = locate(entry, offline=False)
+            say(f"{entry.name}: {resolved.source} at {resolved.path}")
+
+
+@app.command()
+def verify(
+    names: Annotated[list[str] | None, typer.Argument(help="Checkpoints (method or method.tag); default: all.")] = None,
+) -> None:
+    """Check the sha256 of every local checkpoint file; exit 3 on any mismatch."""
+    from derain_cli.weights.resolve import local_path
+    from derain_cli.weights.resolve import verify as check
+
+    with exit_codes():
+        bad = 0
+        for entry in _entries(names):
+            path = local_path(entry)
+            if not path.is_file():
+                say(f"{entry.name}: {_status(entry)}")
+                continue
+            try:
+                check(entry, path)
+                say(f"{entry.name}: ok ({path})")
+            except WeightsError as err:
+                bad += 1
+                error_line(str(err))
+        if bad:
+            raise typer.Exit(EXIT_WEIGHTS)

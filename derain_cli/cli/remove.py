@@ -1,0 +1,120 @@
+"""`derain remove`: derain photos, folders and globs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from derain_cli.cli.common import console, error_line, exit_codes, say
+from derain_cli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+
+
+def remove(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output folder, or output file for a single input. Default: next to each input."),
+    ] = None,
+    method: Annotated[str, typer.Option("-m", "--method", help="Method, optionally with weights tag: lpnet, lpnet.rain100h.")] = "lpnet",
+    weights: Annotated[
+        str | None, typer.Option("-w", "--weights", help="Checkpoint file or hf://owner/repo/file@revision instead of the manifest's.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Include sub-folders and mirror them in the output.")] = False,
+    suffix: Annotated[
+        str | None, typer.Option(help="Appended to output names. Default: '_derained' next to inputs, none with -o.")
+    ] = None,
+    ext: Annotated[str | None, typer.Option(help="Output format by extension (png, jpg, webp, tif). Default: the input's.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs that already exist (inputs are never overwritten).")] = False,
+    skip_existing: Annotated[bool, typer.Option(help="Skip inputs whose output already exists.")] = False,
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA where safe, else fp32), fp32, fp16 or bf16.")] = "auto",
+    tile: Annotated[int, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once.")] = 512,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (100 = lossless WebP).")] = 95,
+    max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).")] = 250_000_000,
+    offline: Annotated[bool, typer.Option(help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON line per file on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr; no progress bar.")] = False,
+) -> None:
+    """Remove rain from images. Never overwrites inputs; a bad file is reported and skipped.
+
+    Exit codes: 0 all done, 1 some inputs failed, 2 usage error,
+    3 weights unavailable or failed verification, 130 interrupted.
+    """
+    with exit_codes():
+        code = _remove(**locals())
+    raise typer.Exit(code)
+
+
+def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, device,
+            precision, tile, quality, max_pixels, offline, json_lines, quiet) -> int:
+    from derain_cli.api import load
+    from derain_cli.batch import OutputOptions, collect_inputs, plan_jobs, run_job
+
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing exclude each other")
+    options = OutputOptions(
+        output=output, suffix=suffix, ext=ext, recursive=recursive, overwrite=overwrite,
+        skip_existing=skip_existing, quality=quality, max_pixels=max_pixels,
+    )
+    jobs, failures = plan_jobs(collect_inputs(inputs, recursive, exclude=output), options)
+    notice = (lambda message: None) if quiet else (lambda message: say(message, style="yellow"))
+    restorer = load(method, weights, device=device, precision=precision, tile=tile, offline=offline, log=notice)
+    if not quiet:
+        say(f"derain: {restorer.weights.label} ({restorer.weights.source}) on {restorer.engine.describe()}")
+
+    results = list(failures)
+    for failed in failures:
+        _report(failed, json_lines, quiet)
+    show_progress = not quiet and len(jobs) > 1 and console.is_terminal
+    with _progress(show_progress, len(jobs)) as advance:
+        for job in jobs:
+            result = run_job(job, restorer.run, options)
+            results.append(result)
+            _report(result, json_lines, quiet)
+            advance()
+    return _summarise(results, quiet)
+
+
+def _report(result, json_lines: bool, quiet: bool) -> None:
+    if json_lines:
+        sys.stdout.write(json.dumps(result.as_dict()) + "\n")
+        sys.stdout.flush()
+    if result.status == "failed":
+        error_line(result.error)
+    elif not quiet and not json_lines and not console.is_terminal:
+        say(f"{result.status}: {result.input} -> {result.output}")
+
+
+def _summarise(results, quiet: bool) -> int:
+    failed = [r for r in results if r.status == "failed"]
+    if not quiet:
+        counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
+        say(f"{counts['ok']} derained, {counts['skipped']} skipped, {counts['failed']} failed")
+        for r in failed:
+            say(f"  failed: {r.input}", style="red")
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+class _progress:
+    """A rich progress bar on stderr when wanted, else a no-op; yields an advance()."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total, self.bar = enabled, total, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress("derain", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+        self.bar.start()
+        task = self.bar.add_task("images", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()

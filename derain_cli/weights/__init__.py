@@ -1,0 +1,1 @@
+"""Checkpoints: the weights.toml manifest, resolution (bundled -> cache -> hub), safe loading."""

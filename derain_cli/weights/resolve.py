@@ -1,0 +1,162 @@
+"""Finding a checkpoint file: explicit path or hf:// URL, bundled file, cache, Hub download.
+
+Every manifest file is sha256-checked before use, wherever it came from; a mismatch is
+refused. Offline mode (``--offline`` or ``HF_HUB_OFFLINE=1``) never touches the network and
+says which file is missing and where to put it. The cache is the platformdirs user cache
+(``DERAIN_CACHE_DIR`` overrides); the Hub endpoint follows ``HF_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from derain_cli.errors import UsageError, WeightsError
+from derain_cli.weights.manifest import BUNDLED_DIR, WeightsEntry, load_manifest, split_name
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A checkpoint file ready to load; ``entry`` is None for files the user pointed at."""
+
+    method: str
+    label: str
+    path: Path
+    source: str  # bundled | cache | downloaded | file | hf
+    entry: WeightsEntry | None = None
+
+
+def cache_dir() -> Path:
+    override = os.environ.get("DERAIN_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("derain"))
+
+
+def is_offline(flag: bool | None = None) -> bool:
+    if flag:
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(entry: WeightsEntry, path: Path) -> None:
+    actual = sha256_of(path)
+    if actual != entry.sha256:
+        raise WeightsError(
+            f"{path}: sha256 {actual} does not match {entry.name}'s {entry.sha256}; refusing to load it "
+            f"(delete the file and run `derain models download {entry.name}`)"
+        )
+
+
+def cached_path(entry: WeightsEntry) -> Path:
+    return cache_dir() / "weights" / entry.name / entry.filename
+
+
+def local_path(entry: WeightsEntry) -> Path:
+    """Where the entry's file is, or would be once downloaded."""
+    return BUNDLED_DIR / entry.file if entry.file else cached_path(entry)
+
+
+def locate(entry: WeightsEntry, offline: bool | None = None) -> ResolvedWeights:
+    """The verified local file of a manifest entry, downloading it if allowed."""
+    path = local_path(entry)
+    if entry.file:
+        if not path.is_file():
+            raise WeightsError(f"{entry.name}: bundled file {path} is missing; reinstall derain")
+        verify(entry, path)
+        return ResolvedWeights(entry.method, entry.name, path, "bundled", entry)
+    if path.is_file():
+        verify(entry, path)
+        return ResolvedWeights(entry.method, entry.name, path, "cache", entry)
+    hub = entry.hub
+    if is_offline(offline):
+        raise WeightsError(
+            f"{entry.name}: {hub.filename} is not in the cache and offline mode is on; "
+            f"copy it (sha256 {entry.sha256}, from Hugging Face repo {hub.repo} at revision {hub.revision}) "
+            f"to {path}"
+        )
+    _download(hub.repo, hub.filename, hub.revision, path, expected_sha256=entry.sha256)
+    return ResolvedWeights(entry.method, entry.name, path, "downloaded", entry)
+
+
+def _download(repo: str, filename: str, revision: str, dest: Path, expected_sha256: str | None) -> None:
+    """Download one Hub file into ``dest`` atomically, after checking its sha256."""
+    from huggingface_hub import hf_hub_download
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+        try:
+            fetched = hf_hub_download(
+                repo_id=repo,
+                filename=filename,
+                revision=revision,
+                local_dir=tmp,
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )
+        except Exception as err:  # network, HTTP and Hub errors all mean: weights unavailable
+            raise WeightsError(f"could not download {filename} from {repo}@{revision}: {type(err).__name__}: {err}") from None
+        if expected_sha256 is not None:
+            actual = sha256_of(Path(fetched))
+            if actual != expected_sha256:
+                raise WeightsError(
+                    f"downloaded {repo}/{filename}@{revision} has sha256 {actual}, expected {expected_sha256}; refused"
+                )
+        shutil.move(fetched, dest)
+
+
+def parse_hf_url(url: str) -> tuple[str, str, str]:
+    """``hf://owner/repo/path/file.safetensors@revision`` -> (repo, filename, revision)."""
+    body, at, revision = url.removeprefix("hf://").rpartition("@")
+    if not at:
+        body, revision = url.removeprefix("hf://"), "main"
+    parts = body.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise UsageError(f"'{url}' is not of the form hf://owner/repo/file.safetensors@revision")
+    return "/".join(parts[:2]), "/".join(parts[2:]), revision
+
+
+def resolve(method: str, weights: str | None = None, offline: bool | None = None) -> ResolvedWeights:
+    """Resolve ``method`` (``lpnet`` or ``lpnet.rain100h``) and an optional ``--weights``.
+
+    Order: explicit ``weights`` (a path or hf:// URL), then the manifest entry's bundled
+    file, the cache, and a Hub download.
+    """
+    name, tag = split_name(method)
+    if weights:
+        if weights.startswith("hf://"):
+            repo, filename, revision = parse_hf_url(weights)
+            path = cache_dir() / "hub" / repo / revision / filename
+            if not path.is_file():
+                if is_offline(offline):
+                    raise WeightsError(f"{weights}: not in the cache and offline mode is on; copy the file to {path}")
+                _download(repo, filename, revision, path, expected_sha256=None)
+            return ResolvedWeights(name, weights, path, "hf")
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{path}: checkpoint file not found")
+        return ResolvedWeights(name, str(path), path, "file")
+    entries = load_manifest()
+    entry = entries.get(f"{name}.{tag}")
+    if entry is None:
+        available = ", ".join(sorted(k for k in entries if k.startswith(name + "."))) or "none yet"
+        raise WeightsError(
+            f"no checkpoint '{name}.{tag}' in weights.toml (available for {name}: {available}); "
+            f"pass one with --weights PATH or hf://owner/repo/file@revision"
+        )
+    return locate(entry, offline)
