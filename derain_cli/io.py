@@ -62,6 +62,10 @@ def _fail(path: Path, reason: str) -> ImageError:
     return ImageError(f"{path}: {reason}")
 
 
+def _bomb(path: Path, size: str, max_pixels: int) -> ImageError:
+    return _fail(path, f"{size} exceeds the {max_pixels:,}-pixel limit (decompression-bomb guard; raise --max-pixels to allow it)")
+
+
 def _is_sixteen_bit(im: Image.Image) -> bool:
     if im.mode in _SIXTEEN_BIT_MODES:
         return True
@@ -122,7 +126,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             with Image.open(path) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise _fail(path, f"{width}x{height} exceeds the {max_pixels:,}-pixel limit (decompression-bomb guard)")
+                    raise _bomb(path, f"{width}x{height}", max_pixels)
                 exif = im.getexif()
                 orientation = int(exif.get(_ORIENTATION, 1) or 1)
                 icc = im.info.get("icc_profile")
@@ -137,8 +141,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                 exif_bytes = exif.tobytes() if len(exif) else None
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise _fail(path, f"decompression-bomb guard: {err}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb(path, "its size", max_pixels) from None
     except UnidentifiedImageError:
         raise _fail(path, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as err:
