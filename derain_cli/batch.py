@@ -77,7 +77,7 @@ def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path 
         if path.is_dir():
             walker = path.rglob("*") if recursive else path.iterdir()
             files = sorted(f for f in walker if _is_candidate(f))
-            if exclude is not None:
+            if exclude is not None and path.resolve() in exclude.resolve().parents:
                 files = [f for f in files if exclude.resolve() not in f.resolve().parents]
             if not files:
                 raise UsageError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) found" + ("" if recursive else " (use -r for sub-folders)"))

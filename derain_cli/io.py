@@ -119,7 +119,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise _fail(path, "not a file")
     if size == 0:
         raise _fail(path, "empty file (0 bytes)")
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -147,6 +147,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise _fail(path, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise _fail(path, f"corrupt or truncated image ({err})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
     return Picture(pixels=pixels, alpha=alpha, exif=exif_bytes, icc=icc)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.methods import get_method
-from derain_cli.methods.lpnet import LPNet, LaplacianPyramid
+from derain_cli.methods.lpnet import LPNet, LaplacianPyramid, state_dict_from_tensorflow
 
 from conftest import REFERENCE, DATA, needs_shared
 
@@ -36,18 +36,10 @@ def test_pyramid_kernel_is_the_binomial_filter():
 
 
 def official_lpnet(regime: str = "rain100l") -> LPNet:
-    """The authors' TensorFlow weights mapped onto derain's LPNet (HWIO -> OIHW)."""
-    arrays = np.load(REFERENCE / "lpnet" / f"official_{regime}.npz")
-    layer_names = ("features", "block.0", "block.1", "block.2", "output")
-    state = {}
-    for subnet in range(1, 6):  # subnet1 is the coarsest level, our index 4
-        level = 5 - subnet
-        for k, layer in enumerate(layer_names):
-            w = arrays[f"inference/subnet{subnet}/weights_{k}"]
-            state[f"subnets.{level}.{layer}.weight"] = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
-            state[f"subnets.{level}.{layer}.bias"] = torch.from_numpy(arrays[f"inference/subnet{subnet}/biases_{k}"])
+    """The authors' TensorFlow weights (../shared/reference/lpnet) in derain's LPNet."""
     model = LPNet()
-    model.load_state_dict(state, strict=True)
+    arrays = np.load(REFERENCE / "lpnet" / f"official_{regime}.npz")
+    model.load_state_dict(state_dict_from_tensorflow(arrays), strict=True)
     return model.eval()
 
 

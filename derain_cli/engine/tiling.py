@@ -27,10 +27,10 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     ``length - tile`` and ``tile - overlap`` are expected to be multiples of the alignment,
     so every origin is too. The last tile ends exactly at ``length``.
     """
-    if tile <= overlap:
-        raise ValueError(f"tile ({tile}) must be larger than the overlap ({overlap})")
     if length <= tile:
         return [0]
+    if tile <= overlap:
+        raise ValueError(f"tile ({tile}) must be larger than the overlap ({overlap})")
     stride = tile - overlap
     starts = list(range(0, length - tile, stride))
     starts.append(length - tile)

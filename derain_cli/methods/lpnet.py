@@ -84,11 +84,12 @@ class LevelSubnet(nn.Module):
         self.output = nn.Conv2d(features, 3, 1)
 
     def forward(self, band: torch.Tensor) -> torch.Tensor:
-        first = F.leaky_relu(self.features(band), 0.2)
+        # in-place activations: LeakyReLU on 16-channel maps is memory-bound on the CPU
+        first = F.leaky_relu_(self.features(band), 0.2)
         h = first
         for _ in range(RECURSIONS):  # the same weights on every recursion
             for conv in self.block:
-                h = F.leaky_relu(conv(h), 0.2)
+                h = F.leaky_relu_(conv(h), 0.2)
             h = h + first
         return self.output(h) + band
 
@@ -114,3 +115,20 @@ class LPNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pyramid_outputs(x)[0].clamp(0.0, 1.0)
+
+
+def state_dict_from_tensorflow(arrays) -> dict[str, torch.Tensor]:
+    """Map the authors' TensorFlow variables onto this network's state dict.
+
+    ``arrays`` maps ``inference/subnet{1..5}/{weights,biases}_{0..4}`` to numpy arrays (an
+    ``np.load``-ed ``.npz``); subnet1 is the coarsest level. Kernels are HWIO there, OIHW here.
+    """
+    layers = ("features", "block.0", "block.1", "block.2", "output")
+    state = {}
+    for subnet in range(1, LEVELS + 1):
+        level = LEVELS - subnet
+        for k, layer in enumerate(layers):
+            weight = torch.from_numpy(arrays[f"inference/subnet{subnet}/weights_{k}"])
+            state[f"subnets.{level}.{layer}.weight"] = weight.permute(3, 2, 0, 1).contiguous()
+            state[f"subnets.{level}.{layer}.bias"] = torch.from_numpy(arrays[f"inference/subnet{subnet}/biases_{k}"])
+    return state

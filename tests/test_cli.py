@@ -1,0 +1,143 @@
+"""The `derain` command as a shell script sees it: exit codes, files written, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli.cli import app
+
+runner = CliRunner()
+
+
+def derain(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_version_and_help_do_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from derain_cli.cli import app; "
+        "r = CliRunner().invoke(app, ['--version']); assert r.exit_code == 0 and 'derain' in r.output; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+        "r = CliRunner().invoke(app, ['remove', '--help']); assert r.exit_code == 0; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_single_file_next_to_input(write_picture, lpnet_checkpoint):
+    src = write_picture("photo.jpg", quality=95)
+    before = src.read_bytes()
+    result = derain("remove", src, "-w", lpnet_checkpoint, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    out = src.with_name("photo_derained.jpg")
+    assert Image.open(out).size == Image.open(src).size
+    assert src.read_bytes() == before
+
+
+def test_folder_with_a_bad_file_carries_on(tmp_path, write_picture, lpnet_checkpoint):
+    write_picture("in/a.png")
+    write_picture("in/b.jpg")
+    (tmp_path / "in/broken.png").write_bytes(b"\x89PNG not really")
+    result = derain("remove", tmp_path / "in", "-o", tmp_path / "out", "-w", lpnet_checkpoint, "--json")
+    assert result.exit_code == 1
+    lines = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
+    assert {(Path_name(l["input"]), l["status"]) for l in lines} == {
+        ("a.png", "ok"), ("b.jpg", "ok"), ("broken.png", "failed")
+    }
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.jpg"]
+    broken = [l for l in lines if l["status"] == "failed"][0]
+    assert "broken.png" in broken["error"] and "\n" not in broken["error"]
+
+
+def Path_name(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).name
+
+
+def test_recursive_mirrors_subfolders_and_globs(tmp_path, write_picture, lpnet_checkpoint):
+    write_picture("in/top.png")
+    write_picture("in/day1/deep.png")
+    assert derain("remove", tmp_path / "in", "-o", tmp_path / "flat", "-w", lpnet_checkpoint).exit_code == 0
+    assert [p.name for p in (tmp_path / "flat").rglob("*.png")] == ["top.png"]
+    result = derain("remove", tmp_path / "in", "-r", "-o", tmp_path / "out", "-w", lpnet_checkpoint, "--ext", "webp")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out/day1/deep.webp").is_file() and (tmp_path / "out/top.webp").is_file()
+    result = derain("remove", str(tmp_path / "in" / "*.png"), "-o", tmp_path / "globbed", "-w", lpnet_checkpoint)
+    assert result.exit_code == 0 and (tmp_path / "globbed/top.png").is_file()
+
+
+def test_never_overwrites_inputs_and_respects_existing_outputs(tmp_path, write_picture, lpnet_checkpoint):
+    src = write_picture("in/a.png")
+    before = src.read_bytes()
+    result = derain("remove", tmp_path / "in", "-o", tmp_path / "in", "-w", lpnet_checkpoint)
+    assert result.exit_code == 1 and "would overwrite an input" in result.output
+    assert src.read_bytes() == before
+
+    out = tmp_path / "a_out.png"
+    out.write_bytes(b"keep me")
+    result = derain("remove", src, "-o", out, "-w", lpnet_checkpoint)
+    assert result.exit_code == 1 and "output exists" in result.output and out.read_bytes() == b"keep me"
+    result = derain("remove", src, "-o", out, "-w", lpnet_checkpoint, "--skip-existing", "--json")
+    assert result.exit_code == 0 and '"skipped"' in result.stdout and out.read_bytes() == b"keep me"
+    assert derain("remove", src, "-o", out, "-w", lpnet_checkpoint, "--overwrite").exit_code == 0
+    assert Image.open(out).size == (90, 70)
+    assert derain("remove", src, "--overwrite", "--skip-existing", "-w", lpnet_checkpoint).exit_code == 2
+
+
+def test_alpha_sixteen_bit_and_grayscale_survive_the_cli(tmp_path, lpnet_checkpoint):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (40, 60, 4), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8), "L").save(tmp_path / "gray.png")
+    result = derain("remove", tmp_path / "deep.png", tmp_path / "gray.png", "-o", tmp_path / "out", "-w", lpnet_checkpoint)
+    assert result.exit_code == 0, result.output
+    out = cv2.imread(str(tmp_path / "out/deep.png"), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16 and out.shape == (40, 60, 4)
+    assert np.array_equal(out[..., 3], deep[..., 3])
+    assert Image.open(tmp_path / "out/gray.png").mode == "L"
+
+
+def test_exit_codes_for_usage_and_weights_errors(write_picture, tmp_path):
+    src = write_picture()
+    result = derain("remove", src, "-m", "lpnt")
+    assert result.exit_code == 2 and "Did you mean 'lpnet'" in result.output
+    result = derain("remove", src, "-w", tmp_path / "missing.safetensors")
+    assert result.exit_code == 3 and "checkpoint file not found" in result.output
+    bad = tmp_path / "wrong.safetensors"
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"conv.weight": torch.zeros(1)}, str(bad))
+    result = derain("remove", src, "-w", bad)
+    assert result.exit_code == 3 and "does not fit" in result.output
+    assert derain("remove", tmp_path / "empty-dir-does-not-exist", "-w", bad).exit_code in (1, 3)
+    (tmp_path / "empty").mkdir()
+    assert derain("remove", tmp_path / "empty").exit_code == 2
+
+
+def test_interrupt_exits_130(write_picture, lpnet_checkpoint, monkeypatch):
+    import derain_cli.batch as batch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "read_image", interrupted)
+    result = derain("remove", write_picture(), "-w", lpnet_checkpoint)
+    assert result.exit_code == 130
+
+
+def test_models_list_and_verify():
+    result = derain("models", "list")
+    assert result.exit_code == 0 and "lpnet.rain100l" in result.output
+    assert derain("models", "verify").exit_code == 0
+    assert derain("models", "verify", "lpnet.nonexistent").exit_code == 3
