@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from derain_cli.data import find_pairs
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.methods import get_method
 from derain_cli.methods.lpnet import LPNet, state_dict_from_tensorflow
@@ -32,24 +33,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--tile", type=int, default=0, help="engine tile size (0 = whole image)")
+    parser.add_argument("--precision", default="fp32", help="fp32 or bf16")
+    parser.add_argument("--regimes", default="rain100l,rain100h")
     args = parser.parse_args()
     spec = get_method("lpnet")
-    for regime, (ref_psnr, ref_ssim) in AUTHORS.items():
+    for regime in args.regimes.split(","):
+        ref_psnr, ref_ssim = AUTHORS[regime]
         model = LPNet()
         model.load_state_dict(state_dict_from_tensorflow(np.load(args.shared / f"reference/lpnet/official_{regime}.npz")))
-        engine = InferenceEngine(model, spec, "cpu", tile=args.tile)
+        engine = InferenceEngine(model, spec, "cpu", precision=args.precision, tile=args.tile)
         rows = {"truncated": [], "rounded": []}
-        folder = args.shared / "data" / regime / "test"
-        for rainy_path in sorted((folder / "rain").glob("*.png")):
-            rainy = np.asarray(Image.open(rainy_path).convert("RGB"))
-            clean = to_tensor(np.asarray(Image.open(folder / "norain" / rainy_path.name).convert("RGB")))
+        for pair in find_pairs(args.shared / "data" / regime / "test"):
+            rainy = np.asarray(Image.open(pair.rainy).convert("RGB"))
+            clean = to_tensor(np.asarray(Image.open(pair.clean).convert("RGB")))
             out = engine.run(rainy.astype(np.float32) / 255)["image"]
             for name, q in (("truncated", np.floor(out * 255)), ("rounded", np.rint(out * 255))):
                 t = to_tensor(q.astype(np.uint8))
                 rows[name].append((psnr(t, clean).item(), ssim(t, clean).item()))
         for name, values in rows.items():
             p, s = np.mean(values, axis=0)
-            print(f"{regime} ({len(values)} pairs, tile {args.tile}, {name}): Y-PSNR {p:.2f} dB, SSIM {s:.4f}"
+            print(f"{regime} ({len(values)} pairs, tile {args.tile}, {args.precision}, {name}): Y-PSNR {p:.2f} dB, SSIM {s:.4f}"
                   f"   authors' code here: {ref_psnr:.2f} / {ref_ssim:.4f}")
 
 

@@ -17,7 +17,7 @@ from conftest import rainy_picture
 
 SPEC = MethodSpec(
     name="toy", network="unused:Unused", summary="", paper="", size_multiple=8, size_offset=1,
-    overlap=16, half_safe=True, default_tag="x",
+    overlap=16, half_safe=True, default_tag="x", recipe=None,
 )
 
 

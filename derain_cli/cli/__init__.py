@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from derain_cli import __version__
-from derain_cli.cli import models, remove
+from derain_cli.cli import models, remove, train
 
 app = typer.Typer(
     name="derain",
@@ -18,8 +18,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 all done, 1 some inputs failed, 2 usage error, "
+    "3 weights unavailable or failed verification, 130 interrupted.",
 )
 app.command("remove", no_args_is_help=True)(remove.remove)
+app.command("train", no_args_is_help=True)(train.train)
 app.add_typer(models.app, name="models")
 
 
@@ -35,11 +38,7 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Remove rain streaks from photographs with pretrained deep networks.
-
-    Exit codes: 0 all done, 1 some inputs failed, 2 usage error,
-    3 weights unavailable or failed verification, 130 interrupted.
-    """
+    """Remove rain streaks from photographs with pretrained deep networks."""
 
 
 def main() -> None:

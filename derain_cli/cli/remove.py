@@ -28,14 +28,14 @@ def remove(
         str | None, typer.Option(help="Appended to output names. Default: '_derained' next to inputs, none with -o.")
     ] = None,
     ext: Annotated[str | None, typer.Option(help="Output format by extension (png, jpg, webp, tif). Default: the input's.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace outputs that already exist (inputs are never overwritten).")] = False,
-    skip_existing: Annotated[bool, typer.Option(help="Skip inputs whose output already exists.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist (inputs are never overwritten).")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA where safe, else fp32), fp32, fp16 or bf16.")] = "auto",
     tile: Annotated[int, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once.")] = 512,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (100 = lossless WebP).")] = 95,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).")] = 250_000_000,
-    offline: Annotated[bool, typer.Option(help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON line per file on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr; no progress bar.")] = False,
 ) -> None:

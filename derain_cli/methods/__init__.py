@@ -15,6 +15,18 @@ from derain_cli.errors import UsageError
 
 
 @dataclass(frozen=True)
+class TrainingRecipe:
+    """The paper's training settings, the defaults of ``derain train`` (all overridable)."""
+
+    lr: float
+    batch_size: int
+    patch_size: int
+    iterations: int
+    weight_decay: float = 0.0
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """What the engine needs to know about a network, without knowing which one it is.
 
@@ -33,6 +45,8 @@ class MethodSpec:
         default_tag: the tag a bare ``name`` resolves to (``lpnet`` -> ``lpnet.rain100l``).
         outputs: names of the maps the network returns; ``image`` is the derained picture,
             others (a rain mask, say) have one channel in [0, 1] and can be saved alongside.
+        recipe: the paper's training settings. The network itself provides
+            ``training_loss(rainy, clean) -> dict`` with the paper's loss under ``"loss"``.
     """
 
     name: str
@@ -44,6 +58,7 @@ class MethodSpec:
     overlap: int
     half_safe: bool
     default_tag: str
+    recipe: TrainingRecipe
     outputs: tuple[str, ...] = field(default=("image",))
 
     def build(self):
@@ -63,6 +78,10 @@ METHODS: tuple[MethodSpec, ...] = (
         overlap=96,
         half_safe=True,
         default_tag="rain100l",
+        recipe=TrainingRecipe(
+            lr=1e-3, batch_size=10, patch_size=80, iterations=300_000,
+            source="Fu et al. 2019, Sec. IV-A: Adam, learning rate 0.001, batch 10, 80x80 patches, 3e5 iterations",
+        ),
     ),
 )
 

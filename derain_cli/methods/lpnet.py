@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from derain_cli.losses import ssim_loss
+
 BINOMIAL_5 = (0.0625, 0.25, 0.375, 0.25, 0.0625)
 LEVELS = 5
 FEATURES = (16, 8, 4, 2, 1)  # finest to coarsest
@@ -115,6 +117,14 @@ class LPNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pyramid_outputs(x)[0].clamp(0.0, 1.0)
+
+    def training_loss(self, rainy: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The paper's loss: L1 on every pyramid level + (1 - SSIM) on the two finest."""
+        outputs = self.pyramid_outputs(rainy)
+        targets = self.pyramid.gaussian(clean)
+        l1 = sum(F.l1_loss(o, t) for o, t in zip(outputs, targets))
+        ssim = sum(ssim_loss(o, t) for o, t in zip(outputs[:2], targets[:2]))
+        return {"loss": l1 + ssim, "l1": l1.detach(), "ssim": ssim.detach()}
 
 
 def state_dict_from_tensorflow(arrays) -> dict[str, torch.Tensor]:

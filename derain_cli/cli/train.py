@@ -1,0 +1,101 @@
+"""`derain train`: supervised training on paired rainy/clean data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from derain_cli.cli.common import console, exit_codes, say
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Paired training folder: rain/ + norain/, input/ + target/, or rain-N / norain-N files.")],
+    method: Annotated[str, typer.Option("-m", "--method", help="Method to train.")] = "lpnet",
+    out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoints, log.jsonl, exported weights.")] = Path("runs/train"),
+    val: Annotated[Path | None, typer.Option(help="Paired validation folder (default: hold out --val-split of the data).")] = None,
+    val_split: Annotated[float, typer.Option(help="Fraction of pairs held out for validation when --val is not given.")] = 0.05,
+    iterations: Annotated[int | None, typer.Option(help="Training iterations. Default: the paper's.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Patches per iteration (split over torchrun processes). Default: the paper's.")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: the paper's.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the paper's.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Adam weight decay. Default: the paper's.")] = None,
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: constant (the paper's) or cosine (to zero).")] = "constant",
+    val_every: Annotated[int, typer.Option(help="Validate (Y-PSNR/SSIM) and log every N iterations.")] = 1000,
+    checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N iterations.")] = 1000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    tag: Annotated[str, typer.Option(help="Weights tag for the exported manifest entry (method.tag).")] = "custom",
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and patch sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (torchrun processes take their local GPU).")] = "auto",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a method on paired data; writes last.pth (resumable), best/final.safetensors and a
+    ready weights.toml entry. Runs under `torchrun --nproc_per_node N -m derain_cli train ...` too."""
+    with exit_codes():
+        _train(**locals())
+
+
+def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
+           val_every, checkpoint_every, resume, tag, seed, device, quiet) -> None:
+    import os
+
+    from derain_cli.data import find_pairs
+    from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
+    from derain_cli.errors import UsageError
+    from derain_cli.methods import get_method
+
+    spec = get_method(method)
+    recipe = spec.recipe
+    pairs = find_pairs(data)
+    train_pairs, val_pairs = (pairs, find_pairs(val)) if val else split_pairs(pairs, val_split)
+    config = TrainConfig(
+        method=spec.name, data=str(data), out=str(out), iterations=iterations or recipe.iterations,
+        batch_size=batch_size or recipe.batch_size, patch_size=patch_size or recipe.patch_size,
+        lr=lr or recipe.lr, weight_decay=recipe.weight_decay if weight_decay is None else weight_decay,
+        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val else val_split,
+        val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag,
+    )
+    if (out / "last.pth").exists() and not resume:
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    log = say if rank0 and not quiet else (lambda message: None)
+    trainer = Trainer(spec, config, train_pairs, val_pairs, log=log)
+    if resume:
+        trainer.resume()
+    log(f"training {spec.name} on {len(train_pairs)} pairs ({len(val_pairs)} for validation), "
+        f"{trainer.world_size} process(es) on {trainer.device}; run folder {out}")
+    show_bar = rank0 and not quiet and console.is_terminal
+    summary = trainer.train(on_step=_progress(trainer, config.iterations, show_bar, log))
+    if rank0 and summary:
+        best = summary["best"]
+        score = f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best else ""
+        log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
+        log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
+
+
+def _progress(trainer, total: int, show_bar: bool, log):
+    """A per-step callback: a rich bar on a terminal, else one log line per validation."""
+    if not show_bar:
+        def on_step(step, record):
+            if "elapsed_s" in record:
+                extras = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step",))
+                log(f"step {step}/{total} {extras}")
+        return on_step
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("loss {task.fields[loss]:.4f}  val Y-PSNR {task.fields[psnr]}"), TimeRemainingColumn(),
+                   console=console)
+    task = bar.add_task("train", total=total, completed=trainer.step, loss=float("nan"), psnr="-")
+    bar.start()
+
+    def on_step(step, record):
+        fields = {"loss": record.get("loss", float("nan"))}
+        if "psnr_y" in record:
+            fields["psnr"] = f"{record['psnr_y']:.2f}"
+        bar.update(task, completed=step, **fields)
+        if step >= total:
+            bar.stop()
+    return on_step

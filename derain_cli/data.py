@@ -1,0 +1,144 @@
+"""Paired training data: finding rainy/clean pairs, checking them, sampling patches.
+
+Layouts accepted (``find_pairs``), pairing by file stem:
+  * ``DIR/rain/NAME`` + ``DIR/norain/NAME`` (the shared Rain100 data)
+  * ``DIR/input/NAME`` + ``DIR/target/NAME``
+  * one folder with ``rain-N.ext`` + ``norain-N.ext``
+Everything is checked before training starts: unpaired names, unreadable files and size
+mismatches are DatasetErrors naming the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from derain_cli.errors import UsageError
+from derain_cli.io import IMAGE_EXTENSIONS, read_image
+
+FOLDER_LAYOUTS = (("rain", "norain"), ("input", "target"))
+
+
+class DatasetError(UsageError):
+    """A training or evaluation folder cannot be used as paired data."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    rainy: Path
+    clean: Path
+
+    @property
+    def name(self) -> str:
+        return self.rainy.name
+
+
+def _folder(path: Path) -> Path:
+    """``path``, or the folder a link stub points to: where symlinks are not supported, git
+    checks a link out as a small text file holding its relative target (the shared data's
+    ``rain100h/test/norain`` is one)."""
+    if path.is_file() and path.stat().st_size < 1024:
+        target = (path.parent / path.read_text(encoding="utf-8", errors="replace").strip()).resolve()
+        if target.is_dir():
+            return target
+    return path
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()}
+
+
+def _match(rainy: dict[str, Path], clean: dict[str, Path], root: Path) -> list[Pair]:
+    lonely = sorted(set(rainy) ^ set(clean))
+    if lonely:
+        shown = ", ".join(lonely[:5]) + (f" (+{len(lonely) - 5} more)" if len(lonely) > 5 else "")
+        raise DatasetError(f"{root}: {len(lonely)} image(s) without a partner: {shown}")
+    if not rainy:
+        raise DatasetError(f"{root}: no image pairs found")
+    return [Pair(rainy[k], clean[k]) for k in sorted(rainy)]
+
+
+def find_pairs(root: str | Path) -> list[Pair]:
+    """Every (rainy, clean) pair under ``root``, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    for rain_dir, clean_dir in FOLDER_LAYOUTS:
+        rainy, clean = _folder(root / rain_dir), _folder(root / clean_dir)
+        if rainy.is_dir() and clean.is_dir():
+            return _match(_images(rainy), _images(clean), root)
+    files = _images(root)
+    rainy = {k.removeprefix("rain-"): p for k, p in files.items() if k.startswith("rain-")}
+    clean = {k.removeprefix("norain-"): p for k, p in files.items() if k.startswith("norain-")}
+    if rainy or clean:
+        return _match(rainy, clean, root)
+    layouts = ", ".join(f"{a}/ + {b}/" for a, b in FOLDER_LAYOUTS)
+    raise DatasetError(f"{root}: no paired layout found (expected {layouts}, or rain-N / norain-N files)")
+
+
+def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as (H, W, 3) uint8; DatasetError for unreadable files or size mismatch."""
+    try:
+        rainy, clean = read_image(pair.rainy), read_image(pair.clean)
+    except UsageError:
+        raise
+    except Exception as err:  # ImageError already names the file
+        raise DatasetError(str(err)) from None
+    a, b = _as_uint8_rgb(rainy.rgb), _as_uint8_rgb(clean.rgb)
+    if a.shape != b.shape:
+        raise DatasetError(f"{pair.rainy} is {a.shape[1]}x{a.shape[0]} but {pair.clean} is {b.shape[1]}x{b.shape[0]}")
+    return a, b
+
+
+def _as_uint8_rgb(array: np.ndarray) -> np.ndarray:
+    return (array // 257).astype(np.uint8) if array.dtype == np.uint16 else array
+
+
+class PatchSampler:
+    """Random training patches, a pure function of (seed, step): resuming needs no RNG state.
+
+    Every step draws the global batch (``batch_size`` patches with random crop, flips and a
+    90-degree rotation); a distributed rank takes its slice, so N processes see exactly the
+    patches one process would.
+    """
+
+    def __init__(self, pairs: list[Pair], patch_size: int, batch_size: int, seed: int = 0) -> None:
+        loaded = [load_pair(p) for p in pairs]
+        small = [p.name for p, (a, _) in zip(pairs, loaded) if min(a.shape[:2]) < patch_size]
+        if small:
+            raise DatasetError(f"images smaller than the {patch_size}px patch: {', '.join(small[:5])}")
+        self.rainy = [torch.tensor(a).permute(2, 0, 1).contiguous() for a, _ in loaded]
+        self.clean = [torch.tensor(b).permute(2, 0, 1).contiguous() for _, b in loaded]
+        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+
+    def __len__(self) -> int:
+        return len(self.rainy)
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rainy, clean) float tensors (b, 3, P, P) in [0, 1] for this rank at ``step``."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        p = self.patch_size
+        rainy, clean = [], []
+        for _ in range(self.batch_size):
+            i = int(torch.randint(len(self.rainy), (1,), generator=g))
+            h, w = self.rainy[i].shape[1:]
+            y = int(torch.randint(h - p + 1, (1,), generator=g))
+            x = int(torch.randint(w - p + 1, (1,), generator=g))
+            flip_h, flip_v, turns = torch.randint(2, (2,), generator=g).tolist() + [int(torch.randint(4, (1,), generator=g))]
+            pair = []
+            for source in (self.rainy[i], self.clean[i]):
+                patch = source[:, y : y + p, x : x + p]
+                if flip_h:
+                    patch = patch.flip(2)
+                if flip_v:
+                    patch = patch.flip(1)
+                pair.append(torch.rot90(patch, turns, dims=(1, 2)))
+            rainy.append(pair[0])
+            clean.append(pair[1])
+        share = self.batch_size // world_size
+        sl = slice(rank * share, (rank + 1) * share)
+        as_float = lambda xs: torch.stack(xs[sl]).float().div_(255)  # noqa: E731
+        return as_float(rainy), as_float(clean)

@@ -1,0 +1,251 @@
+"""The one training loop every method uses.
+
+The method supplies its network and ``training_loss``; this loop supplies patches,
+optimizer, schedule, validation (Y-PSNR/SSIM through the inference engine), atomic
+resumable checkpoints, logging and DistributedDataParallel when started by torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from derain_cli.data import Pair, PatchSampler, load_pair
+from derain_cli.engine.checkpoints import export_safetensors, load_training_state, save_atomic
+from derain_cli.engine.device import pick_device
+from derain_cli.engine.inference import InferenceEngine
+from derain_cli.errors import UsageError
+from derain_cli.methods import MethodSpec
+from derain_cli.metrics import psnr, ssim
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved in every checkpoint and the training card."""
+
+    method: str
+    data: str
+    out: str
+    iterations: int
+    batch_size: int
+    patch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    val: str | None = None
+    val_split: float = 0.0
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    tag: str = "custom"
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class TrainStep(nn.Module):
+    """Wraps a network so DistributedDataParallel sees its loss as the forward pass."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, rainy: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.net.training_loss(rainy, clean)
+
+
+def split_pairs(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic hold-out: every k-th pair (by sorted name) goes to validation."""
+    if fraction <= 0:
+        return pairs, []
+    every = max(2, round(1 / fraction))
+    return [p for i, p in enumerate(pairs) if i % every], [p for i, p in enumerate(pairs) if i % every == 0]
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(step, config.iterations) / config.iterations))
+    return config.lr
+
+
+class Trainer:
+    """Trains ``spec``'s network as ``config`` says; ``log`` receives one-line progress."""
+
+    def __init__(self, spec: MethodSpec, config: TrainConfig, train_pairs: list[Pair], val_pairs: list[Pair],
+                 log: Callable[[str], None] = print) -> None:
+        if config.schedule not in SCHEDULES:
+            raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{config.schedule}'")
+        self.spec, self.config, self.log = spec, config, log
+        self.out = Path(config.out)
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if config.batch_size % self.world_size:
+            raise UsageError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
+        self.device = self._init_device()
+        torch.manual_seed(config.seed)
+        # channels-last throughout: faster on CPU, and the same layout the validation engine
+        # uses, so a resumed run computes bit for bit what an uninterrupted one does
+        self.net = spec.build().to(self.device, memory_format=torch.channels_last)
+        self.step_module: nn.Module = TrainStep(self.net)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # buffers are constants (pyramid kernels): nothing to broadcast each step
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _learning_rate(config, s) / config.lr)
+        self.sampler = PatchSampler(train_pairs, config.patch_size, config.batch_size, config.seed)
+        self.val_data = [load_pair(p) for p in val_pairs] if self.rank == 0 else []
+        self.step, self.best, self.history = 0, None, []
+        self.started = time.time()
+        self.elapsed_before = 0.0
+
+    def _init_device(self) -> torch.device:
+        if self.world_size == 1:
+            return pick_device(self.config.device)
+        import torch.distributed as dist
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() and self.config.device != "cpu"
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        if use_cuda:
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    # -- checkpoints ---------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pth"
+
+    def state(self) -> dict:
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": self.step,
+            "best": self.best,
+            "history": self.history,
+            "elapsed": self.elapsed(),
+            "config": asdict(self.config),
+        }
+
+    def resume(self) -> None:
+        if not self.last_path.is_file():
+            raise UsageError(f"--resume: no checkpoint at {self.last_path}")
+        state = load_training_state(self.last_path)
+        self.net.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.best, self.history = state["step"], state["best"], state["history"]
+        self.elapsed_before = state["elapsed"]
+        self.log(f"resumed from {self.last_path} at step {self.step}")
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def save(self) -> None:
+        if self.rank == 0:
+            save_atomic(self.state(), self.last_path)
+
+    # -- validation ----------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        engine = InferenceEngine(self.net, self.spec, self.device, precision="fp32", tile=0)
+        scores = []
+        for rainy, clean in self.val_data:
+            out = engine.run(rainy)["image"]
+            a, b = (torch.tensor(v).permute(2, 0, 1)[None].float() / 255 for v in (out, clean))
+            scores.append((psnr(a, b).item(), ssim(a, b).item()))
+        self.net.train()
+        p, s = np.mean(scores, axis=0)
+        return {"psnr_y": float(p), "ssim_y": float(s)}
+
+    # -- the loop ------------------------------------------------------------------
+    def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
+        config = self.config
+        self.net.train()
+        running: dict[str, float] = {}
+        while self.step < config.iterations:
+            rainy, clean = self.sampler.batch(self.step, self.rank, self.world_size)
+            losses = self.step_module(rainy.to(self.device), clean.to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            for k, v in losses.items():
+                running[k] = running.get(k, 0.0) + float(v.detach())
+            record = None
+            if self.step % config.val_every == 0 or self.step == config.iterations:
+                record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
+                          **{k: v / max(1, len(running) and config.val_every) for k, v in running.items()},
+                          "elapsed_s": round(self.elapsed(), 1)}
+                running = {}
+                if self.rank == 0 and self.val_data:
+                    record.update(self.validate())
+                    if self.best is None or record["psnr_y"] > self.best["psnr_y"]:
+                        self.best = {"step": self.step, "psnr_y": record["psnr_y"], "ssim_y": record["ssim_y"]}
+                        export_safetensors(self.net.state_dict(), self.out / "best.safetensors")
+                self.history.append(record)
+                if self.rank == 0:
+                    with open(self.out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+            if self.step % config.checkpoint_every == 0 or self.step == config.iterations:
+                self.save()
+            if on_step is not None:
+                on_step(self.step, record or {k: float(v.detach()) for k, v in losses.items()})
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Final weights (and best, if validated) as safetensors, plus a manifest entry."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.rank != 0:
+            return {}
+        final_sha = export_safetensors(self.net.state_dict(), self.out / "final.safetensors")
+        chosen = self.out / ("best.safetensors" if self.best else "final.safetensors")
+        sha = final_sha if not self.best else __import__("hashlib").sha256(chosen.read_bytes()).hexdigest()
+        summary = {
+            "checkpoint": str(chosen), "sha256": sha, "best": self.best, "steps": self.step,
+            "wall_time_s": round(self.elapsed(), 1), "hardware": hardware(self.device, self.world_size),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.out / "weights_entry.toml").write_text(manifest_entry(self.config, chosen.name, sha, summary))
+        return summary
+
+
+def hardware(device: torch.device, world_size: int) -> str:
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{world_size} x {what}" if world_size > 1 else what
+
+
+def manifest_entry(config: TrainConfig, filename: str, sha: str, summary: dict) -> str:
+    best = summary["best"]
+    score = f", validation Y-PSNR {best['psnr_y']:.2f} dB / SSIM {best['ssim_y']:.4f} at step {best['step']}" if best else ""
+    trained = (f"derain train on {config.data}: {summary['steps']} iterations, batch {config.batch_size}, "
+               f"{config.patch_size}px patches, lr {config.lr} ({config.schedule}), {summary['hardware']}, "
+               f"{summary['wall_time_s'] / 3600:.2f} h{score}")
+    return (f"[{config.method}.{config.tag}]\n"
+            f'file = "{config.method}_{config.tag}.safetensors"  # copy {filename} here\n'
+            f'sha256 = "{sha}"\nlicense = "MIT"\ntrained = "{trained}"\n')

@@ -1,0 +1,139 @@
+"""The training engine: data checks, exact resume, export, and DistributedDataParallel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from derain_cli.data import DatasetError, PatchSampler, find_pairs
+from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
+from derain_cli.methods import get_method
+
+from conftest import rainy_picture
+
+
+def make_dataset(root: Path, n: int = 6, layout: str = "folders", size=(40, 48)) -> Path:
+    for i in range(n):
+        rainy = rainy_picture(*size, seed=i)
+        clean = np.clip(rainy.astype(np.int16) - 30, 0, 255).astype(np.uint8)
+        if layout == "folders":
+            paths = (root / "rain" / f"im{i}.png", root / "norain" / f"im{i}.png")
+        else:
+            paths = (root / f"rain-{i}.png", root / f"norain-{i}.png")
+        for path, array in zip(paths, (rainy, clean)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(path)
+    return root
+
+
+def config(tmp_path: Path, out: str, iterations: int, **kw) -> TrainConfig:
+    base = dict(method="lpnet", data=str(tmp_path / "data"), out=str(tmp_path / out), iterations=iterations,
+                batch_size=4, patch_size=32, lr=1e-3, val_every=2, checkpoint_every=2, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_layouts_and_clear_errors(tmp_path):
+    assert len(find_pairs(make_dataset(tmp_path / "a", 3))) == 3
+    assert len(find_pairs(make_dataset(tmp_path / "b", 3, layout="flat"))) == 3
+    (tmp_path / "a/rain/lonely.png").write_bytes((tmp_path / "a/rain/im0.png").read_bytes())
+    with pytest.raises(DatasetError, match="without a partner: lonely"):
+        find_pairs(tmp_path / "a")
+    (tmp_path / "a/rain/lonely.png").unlink()
+    Image.fromarray(rainy_picture(20, 20)).save(tmp_path / "a/norain/im1.png")
+    with pytest.raises(DatasetError, match="im1.png is 48x40 but .*im1.png is 20x20"):
+        PatchSampler(find_pairs(tmp_path / "a"), 16, 2)
+    (tmp_path / "a/norain/im1.png").write_bytes(b"broken")
+    with pytest.raises(DatasetError, match="im1.png"):
+        PatchSampler(find_pairs(tmp_path / "a"), 16, 2)
+    with pytest.raises(DatasetError, match="no paired layout"):
+        find_pairs(tmp_path / "a/rain")
+
+
+def test_sampler_is_a_function_of_step_and_shards_exactly(tmp_path):
+    sampler = PatchSampler(find_pairs(make_dataset(tmp_path, 4)), 16, 4, seed=3)
+    a, _ = sampler.batch(7)
+    assert torch.equal(a, sampler.batch(7)[0]) and not torch.equal(a, sampler.batch(8)[0])
+    halves = [sampler.batch(7, rank=r, world_size=2)[0] for r in range(2)]
+    assert torch.equal(torch.cat(halves), a)
+
+
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch):
+    pairs = find_pairs(make_dataset(tmp_path / "data"))
+    train, val = split_pairs(pairs, 0.34)
+    spec = get_method("lpnet")
+    straight = Trainer(spec, config(tmp_path, "straight", 6), train, val, log=lambda m: None)
+    straight.train()
+
+    crashing = Trainer(spec, config(tmp_path, "crashed", 6), train, val, log=lambda m: None)
+    original = crashing.sampler.batch
+
+    def crash_at_step_5(step, *args):
+        if step == 4:  # the fifth iteration: the checkpoint of step 4 is on disk
+            raise KeyboardInterrupt("killed")
+        return original(step, *args)
+
+    monkeypatch.setattr(crashing.sampler, "batch", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        crashing.train()
+    resumed = Trainer(spec, config(tmp_path, "crashed", 6), train, val, log=lambda m: None)
+    resumed.resume()
+    assert resumed.step == 4
+    summary = resumed.train()
+    for k, v in straight.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+    assert summary["steps"] == 6 and len(summary["sha256"]) == 64
+    out = tmp_path / "crashed"
+    assert set(load_file(str(out / "best.safetensors"))) == set(straight.net.state_dict())
+    assert 'sha256 = "' in (out / "weights_entry.toml").read_text()
+    assert not list(out.glob(".*tmp"))
+
+
+def test_training_reduces_the_loss(tmp_path):
+    pairs = find_pairs(make_dataset(tmp_path / "data"))
+    trainer = Trainer(get_method("lpnet"), config(tmp_path, "run", 30, val_every=10, lr=3e-3), pairs, pairs[:2],
+                      log=lambda m: None)
+    before = trainer.validate()["psnr_y"]
+    trainer.train()
+    assert trainer.best["psnr_y"] > before + 1.0
+
+
+def test_train_cli_refuses_to_clobber_a_run_and_resumes(tmp_path):
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    make_dataset(tmp_path / "data")
+    args = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--iterations", "2", "--batch-size", "2",
+            "--patch-size", "16", "--val-every", "1", "--val-split", "0.34", "--device", "cpu", "--tag", "tiny"]
+    runner = CliRunner()
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert runner.invoke(app, [*args[:4], "--iterations", "3", *args[6:], "--resume"]).exit_code == 0
+    assert "[lpnet.tiny]" in (tmp_path / "run/weights_entry.toml").read_text()
+
+
+@pytest.mark.slow
+def test_distributed_training_matches_one_process(tmp_path):
+    """torchrun with two CPU processes (gloo) ends where one process with the full batch ends."""
+    pairs_root = make_dataset(tmp_path / "data")
+    common = ["--iterations", "3", "--batch-size", "4", "--patch-size", "32", "--val-every", "3",
+              "--val-split", "0.34", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "derain_cli", "train", str(pairs_root), "-o", str(tmp_path / "one"), *common],
+                   check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "derain_cli", "train", str(pairs_root), "-o", str(tmp_path / "two"), *common],
+                   check=True, env=env, timeout=300)
+    one, two = (load_file(str(tmp_path / d / "final.safetensors")) for d in ("one", "two"))
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), k
