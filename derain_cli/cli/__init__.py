@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from derain_cli import __version__
-from derain_cli.cli import models, remove, train
+from derain_cli.cli import benchmark, models, remove, synth, train
 
 app = typer.Typer(
     name="derain",
@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 app.command("remove", no_args_is_help=True)(remove.remove)
 app.command("train", no_args_is_help=True)(train.train)
+app.command("synth", no_args_is_help=True)(synth.synth)
+app.command("benchmark", no_args_is_help=True)(benchmark.benchmark)
 app.add_typer(models.app, name="models")
 
 

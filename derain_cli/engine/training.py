@@ -94,6 +94,8 @@ class Trainer:
         if config.batch_size % self.world_size:
             raise UsageError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
         self.device = self._init_device()
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         # channels-last throughout: faster on CPU, and the same layout the validation engine
         # uses, so a resumed run computes bit for bit what an uninterrupted one does
