@@ -8,8 +8,9 @@ direction), softened to a width, and added to the background:
       and density, plus rain accumulation / haze by atmospheric scattering,
       O = a * (B + sum_i S_i) + (1 - a) * A   (a: transmission, A: atmospheric light).
 
-Every picture's randomness comes from (seed, index) alone, so a dataset is reproducible
-and any single pair can be regenerated.
+Every picture's randomness comes from the seed and a key (``derain synth`` uses the file's
+name and the copy number), so a dataset is reproducible and any single pair can be
+regenerated on its own.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def streak_layer(height: int, width: int, rng: np.random.Generator, *, density: 
     return np.clip(streaks / max(peak, 1e-6) * intensity * 0.5, 0.0, 1.0)
 
 
-def add_rain(clean: np.ndarray, style: RainStyle, seed: int, index: int) -> np.ndarray:
-    """(H, W, 3) uint8 clean picture -> rainy uint8 picture, determined by (seed, index)."""
-    rng = np.random.default_rng([seed, index])
+def add_rain(clean: np.ndarray, style: RainStyle, seed: int, *key: int) -> np.ndarray:
+    """(H, W, 3) uint8 clean picture -> rainy uint8 picture, determined by (seed, *key)."""
+    rng = np.random.default_rng([seed, *key])
     background = clean.astype(np.float32) / 255
     h, w = background.shape[:2]
     n_layers = int(rng.integers(style.layers[0], style.layers[1] + 1))

@@ -25,7 +25,7 @@ def synth(
 
 
 def _synth(clean, out, style, seed, copies, recursive) -> int:
-    from dataclasses import replace
+    import zlib
 
     from derain_cli.batch import collect_inputs
     from derain_cli.errors import UsageError
@@ -36,15 +36,16 @@ def _synth(clean, out, style, seed, copies, recursive) -> int:
         raise UsageError(f"style must be one of {', '.join(STYLES)}, got '{style}'")
     sources = collect_inputs(clean, recursive)
     failed = 0
-    for index, (source, rel) in enumerate(sources):
+    for source, rel in sources:
         try:
             picture = read_image(source)
             rgb = picture.rgb if picture.rgb.dtype.name == "uint8" else (picture.rgb // 257).astype("uint8")
             for k in range(copies):
                 name = rel.with_suffix(".png") if copies == 1 else rel.with_name(f"{rel.stem}_{k}.png")
-                rainy = add_rain(rgb, STYLES[style], seed, index * copies + k)
+                key = zlib.crc32(rel.as_posix().encode())  # order-independent: one file can be redone alone
+                rainy = add_rain(rgb, STYLES[style], seed, key, k)
                 write_image(Picture(pixels=rgb), out / "norain" / name)
-                write_image(replace(Picture(pixels=rainy)), out / "rain" / name)
+                write_image(Picture(pixels=rainy), out / "rain" / name)
         except Exception as err:  # noqa: BLE001 - report and carry on
             failed += 1
             error_line(str(err))

@@ -1,0 +1,81 @@
+"""Rain synthesis and the benchmark command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli.benchmark import dataset_name, published_scores
+from derain_cli.cli import app
+from derain_cli.data import find_pairs
+from derain_cli.metrics import psnr
+from derain_cli.synth import STYLES, add_rain
+
+from conftest import rainy_picture
+from test_training import make_dataset
+
+runner = CliRunner()
+
+
+def _psnr(a, b):
+    t = lambda x: torch.from_numpy(x.astype(np.float32) / 255).permute(2, 0, 1)[None]  # noqa: E731
+    return psnr(t(a), t(b)).item()
+
+
+def test_synthesis_is_seeded_and_heavy_is_heavier():
+    clean = (rainy_picture(120, 160) * 0.6).astype(np.uint8)
+    light = add_rain(clean, STYLES["light"], 1, 0)
+    assert np.array_equal(light, add_rain(clean, STYLES["light"], 1, 0))
+    assert not np.array_equal(light, add_rain(clean, STYLES["light"], 2, 0))
+    heavy = add_rain(clean, STYLES["heavy"], 1, 0)
+    assert light.shape == heavy.shape == clean.shape and heavy.dtype == np.uint8
+    # streaks only brighten in the light model; haze lifts everything in the heavy one
+    assert np.all(light >= clean)
+    assert _psnr(heavy, clean) < _psnr(light, clean) - 5
+    assert 20 < _psnr(light, clean) < 40
+
+
+def test_synth_cli_writes_a_trainable_layout(tmp_path):
+    for i in range(3):
+        Image.fromarray(rainy_picture(50, 60, seed=i)).save(tmp_path / f"c{i}.jpg")
+    (tmp_path / "bad.png").write_bytes(b"")
+    result = runner.invoke(app, ["synth", str(tmp_path), "-o", str(tmp_path / "pairs"), "--style", "heavy", "--copies", "2"])
+    assert result.exit_code == 1 and "bad.png" in result.output
+    pairs = find_pairs(tmp_path / "pairs")
+    assert len(pairs) == 6 and pairs[0].rainy.name == pairs[0].clean.name
+    first = np.asarray(Image.open(pairs[0].rainy))
+    runner.invoke(app, ["synth", str(tmp_path / "c0.jpg"), "-o", str(tmp_path / "again"), "--copies", "2"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again/rain/c0_0.png")), first)
+
+
+def test_benchmark_scores_match_the_metrics_and_write_reports(tmp_path, lpnet_checkpoint):
+    import derain_cli
+
+    data = make_dataset(tmp_path / "rain100x" / "test", n=3)
+    result = runner.invoke(app, ["benchmark", str(data), "-w", str(lpnet_checkpoint), "--device", "cpu",
+                                 "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv"),
+                                 "--markdown", str(tmp_path / "b.md")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    summary = report["results"][0]
+    assert summary["dataset"] == "rain100x" and summary["pairs"] == 3 and summary["parameters"] == 7548
+    assert "Y channel" in report["convention"]
+    restorer = derain_cli.load("lpnet", weights=str(lpnet_checkpoint), device="cpu", tile=0)
+    pair = find_pairs(data)[0]
+    rainy, clean = (np.asarray(Image.open(p).convert("RGB")) for p in (pair.rainy, pair.clean))
+    expected = _psnr(restorer(rainy), clean)
+    assert abs(report["results"][0]["images"][0]["psnr"] - expected) < 1e-6
+    assert len((tmp_path / "b.csv").read_text().splitlines()) == 4
+    assert "| lpnet |" in (tmp_path / "b.md").read_text()
+
+
+def test_published_scores_cite_sources():
+    scores = published_scores()
+    assert scores[("lpnet", "rain100l")]["psnr"] == 33.42
+    assert all(row["source"] for row in scores.values())
+    assert published_scores("rgb") == {}
+    assert dataset_name(__import__("pathlib").Path("x/rain100h/test")) == "rain100h"
