@@ -94,6 +94,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch):
     out = tmp_path / "crashed"
     assert set(load_file(str(out / "best.safetensors"))) == set(straight.net.state_dict())
     assert 'sha256 = "' in (out / "weights_entry.toml").read_text()
+    assert "| iterations | 6 " in (out / "card.md").read_text()
     assert not list(out.glob(".*tmp"))
 
 

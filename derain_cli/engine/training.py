@@ -183,6 +183,7 @@ class Trainer:
         config = self.config
         self.net.train()
         running: dict[str, float] = {}
+        counted = 0
         while self.step < config.iterations:
             rainy, clean = self.sampler.batch(self.step, self.rank, self.world_size)
             losses = self.step_module(rainy.to(self.device), clean.to(self.device))
@@ -191,14 +192,15 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
+            counted += 1
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + float(v.detach())
             record = None
             if self.step % config.val_every == 0 or self.step == config.iterations:
                 record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                          **{k: v / max(1, len(running) and config.val_every) for k, v in running.items()},
+                          **{k: v / counted for k, v in running.items()},
                           "elapsed_s": round(self.elapsed(), 1)}
-                running = {}
+                running, counted = {}, 0
                 if self.rank == 0 and self.val_data:
                     record.update(self.validate())
                     if self.best is None or record["psnr_y"] > self.best["psnr_y"]:
@@ -231,6 +233,7 @@ class Trainer:
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         (self.out / "weights_entry.toml").write_text(manifest_entry(self.config, chosen.name, sha, summary))
+        (self.out / "card.md").write_text(training_card(self.config, summary, self.history))
         return summary
 
 
@@ -240,6 +243,30 @@ def hardware(device: torch.device, world_size: int) -> str:
     else:
         what = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return f"{world_size} x {what}" if world_size > 1 else what
+
+
+def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> str:
+    """A Markdown training card for docs/weights/: data, schedule, hardware, time, curve."""
+    name = f"{config.method}.{config.tag}"
+    lines = [
+        f"# {name}", "",
+        "| | |", "|---|---|",
+        f"| data | `{config.data}` (validation: {config.val or f'held-out {config.val_split:.0%} of the pairs'}) |",
+        f"| iterations | {summary['steps']:,} (batch {config.batch_size}, {config.patch_size}x{config.patch_size} patches) |",
+        f"| optimizer | Adam, lr {config.lr}, {config.schedule} schedule, weight decay {config.weight_decay} |",
+        f"| seed | {config.seed} |",
+        f"| hardware | {summary['hardware']} |",
+        f"| wall time | {summary['wall_time_s'] / 3600:.2f} h |",
+        f"| sha256 | `{summary['sha256']}` |",
+    ]
+    if summary["best"]:
+        b = summary["best"]
+        lines.append(f"| best validation | Y-PSNR {b['psnr_y']:.2f} dB, SSIM {b['ssim_y']:.4f} at step {b['step']:,} |")
+    curve = [h for h in history if "psnr_y" in h]
+    if curve:
+        lines += ["", "Validation curve:", "", "| step | loss | Y-PSNR | SSIM |", "|---|---|---|---|"]
+        lines += [f"| {h['step']:,} | {h.get('loss', float('nan')):.4f} | {h['psnr_y']:.2f} | {h['ssim_y']:.4f} |" for h in curve]
+    return "\n".join(lines) + "\n"
 
 
 def manifest_entry(config: TrainConfig, filename: str, sha: str, summary: dict) -> str:
