@@ -103,7 +103,8 @@ def derain_paths(
     on_result: Callable[[FileResult], None] | None = None,
     **load_options,
 ) -> list[FileResult]:
-    """Derain files, folders and globs; returns one FileResult per input, in order.
+    """Derain files, folders and globs; returns one FileResult per input (inputs refused
+    while planning outputs first, then the others in input order).
 
     ``output`` overrides ``options.output``; ``load_options`` go to ``load`` when no
     ``restorer`` is given. A bad file yields a failed result, never an exception.

@@ -37,7 +37,6 @@ class OutputOptions:
     skip_existing: bool = False
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
-    extra_outputs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -141,11 +140,6 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
     return jobs, failures
 
 
-def extra_output_path(target: Path, name: str) -> Path:
-    """Where a secondary output (a rain mask, say) of ``target`` goes: ``NAME_mask.png``."""
-    return target.with_name(f"{target.stem}_{name}.png")
-
-
 def run_job(job: Job, derain: Callable, options: OutputOptions) -> FileResult:
     """Read, derain and write one file; every failure becomes a failed FileResult."""
     start = time.perf_counter()
@@ -161,9 +155,6 @@ def run_job(job: Job, derain: Callable, options: OutputOptions) -> FileResult:
         result.height, result.width = picture.pixels.shape[:2]
         outputs = derain(picture.rgb)
         write_image(picture.with_rgb(outputs["image"]), job.target, options.quality)
-        for name in options.extra_outputs:
-            extra = picture.__class__(pixels=outputs[name], exif=picture.exif, icc=None)
-            write_image(extra, extra_output_path(job.target, name))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # noqa: BLE001 - one bad file must never abort the batch

@@ -70,7 +70,7 @@ def _is_sixteen_bit(im: Image.Image) -> bool:
     if im.mode in _SIXTEEN_BIT_MODES:
         return True
     if im.format == "PNG":
-        return im.info.get("bitdepth", 8) == 16 or _png_bit_depth(im.filename) == 16
+        return _png_bit_depth(im.filename) == 16
     if im.format == "TIFF":
         bits = im.tag_v2.get(258, (8,))
         return max(bits if isinstance(bits, tuple) else (bits,)) == 16
