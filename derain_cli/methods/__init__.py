@@ -83,6 +83,21 @@ METHODS: tuple[MethodSpec, ...] = (
             source="Fu et al. 2019, Sec. IV-A: Adam, learning rate 0.001, batch 10, 80x80 patches, 3e5 iterations",
         ),
     ),
+    MethodSpec(
+        name="prenet",
+        network="derain_cli.methods.prenet:PReNet",
+        summary="Progressive recurrent network (6 stages, LSTM, 168,963 parameters); loads the authors' checkpoints",
+        paper="Ren et al., Progressive Image Deraining Networks: A Better and Simpler Baseline, CVPR 2019",
+        size_multiple=1,
+        size_offset=0,
+        overlap=96,
+        half_safe=False,
+        default_tag="rain100l",
+        recipe=TrainingRecipe(
+            lr=1e-3, batch_size=18, patch_size=100, iterations=16_700,
+            source="Ren et al. 2019: Adam 1e-3 (x0.2 at epochs 30/50/80), batch 18, 100x100 patches, 100 epochs, negative SSIM",
+        ),
+    ),
 )
 
 
