@@ -36,7 +36,8 @@ class InferenceEngine:
         log: called with one-line notices (device fallback, smaller tiles).
 
     On out-of-memory the tile is halved and the picture retried; at the smallest tile the
-    engine falls back to the CPU; on the CPU it gives up with an ImageError.
+    engine falls back to the CPU; on the CPU it gives up with an ImageError. Methods that
+    are not tileable always see the whole picture.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class InferenceEngine:
         self.model.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
     def describe(self) -> str:
-        tile = f"{self.tile}px tiles" if self.tile else "whole image"
+        tile = f"{self.tile}px tiles" if self.tile and self.spec.tileable else "whole image"
         return f"{self.device.type} ({str(self.dtype).removeprefix('torch.')}, {tile})"
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,7 +93,7 @@ class InferenceEngine:
         release_cached_memory(self.device)
         smallest = self._aligned(2 * self.overlap)
         current = self.tile or self._aligned(max(shape[:2]))
-        if current > smallest:
+        if current > smallest and self.spec.tileable:
             self.tile = max(smallest, self._aligned(current // 2))
             self.log(f"out of memory on {self.device.type}: retrying with {self.tile}px tiles")
         elif self.device.type != "cpu":
@@ -110,7 +111,8 @@ class InferenceEngine:
     def _run_tiled(self, image: np.ndarray) -> dict[str, np.ndarray]:
         height, width = image.shape[:2]
         padded_h, padded_w = self._aligned(height), self._aligned(width)
-        tile = self._aligned(self.tile) if self.tile else max(padded_h, padded_w)
+        whole = not self.tile or not self.spec.tileable
+        tile = max(padded_h, padded_w) if whole else self._aligned(self.tile)
         tile = max(tile, self.overlap + self.spec.size_multiple)
         tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
         rows = tile_starts(padded_h, tile_h, self.overlap)

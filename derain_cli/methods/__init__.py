@@ -47,6 +47,8 @@ class MethodSpec:
             others (a rain mask, say) have one channel in [0, 1] and can be saved alongside.
         recipe: the paper's training settings. The network itself provides
             ``training_loss(rainy, clean) -> dict`` with the paper's loss under ``"loss"``.
+        tileable: False when the output depends on whole-image statistics (DDN's batch
+            norm uses the image's own mean and variance): such pictures are never tiled.
     """
 
     name: str
@@ -60,6 +62,7 @@ class MethodSpec:
     default_tag: str
     recipe: TrainingRecipe
     outputs: tuple[str, ...] = field(default=("image",))
+    tileable: bool = True
 
     def build(self):
         """Instantiate the network with its paper configuration (random weights)."""
@@ -96,6 +99,23 @@ METHODS: tuple[MethodSpec, ...] = (
         recipe=TrainingRecipe(
             lr=1e-3, batch_size=18, patch_size=100, iterations=16_700,
             source="Ren et al. 2019: Adam 1e-3 (x0.2 at epochs 30/50/80), batch 18, 100x100 patches, 100 epochs, negative SSIM",
+        ),
+    ),
+    MethodSpec(
+        name="ddn",
+        network="derain_cli.methods.ddn:DDN",
+        summary="Deep detail network (57,369 parameters): guided-filter detail layer, negative residual; SIRR's backbone",
+        paper="Fu et al., Removing Rain from Single Images via a Deep Detail Network, CVPR 2017",
+        size_multiple=1,
+        size_offset=0,
+        overlap=0,
+        half_safe=False,
+        default_tag="rain100l",
+        tileable=False,
+        recipe=TrainingRecipe(
+            lr=1e-3, batch_size=20, patch_size=64, iterations=210_000,
+            source="Fu et al. 2017: batch 20, 64x64 patches, 210k iterations, MSE; the paper's SGD (lr 0.1, /10 at "
+            "100k and 200k) is replaced by derain's Adam 1e-3",
         ),
     ),
 )
