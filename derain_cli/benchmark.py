@@ -16,9 +16,17 @@ from derain_cli.metrics import psnr, ssim
 
 PUBLISHED_FILE = Path(__file__).with_name("published.toml")
 CONVENTION = {
-    "y": "PSNR/SSIM on the Y channel of MATLAB rgb2ycbcr (BT.601, [0,255]), Gaussian 11x11 SSIM, no crop; outputs rounded to uint8",
-    "rgb": "PSNR/SSIM on RGB ([0,255]; SSIM averaged over channels), Gaussian 11x11 SSIM, no crop; outputs rounded to uint8",
+    "y": "PSNR/SSIM on the Y channel of MATLAB rgb2ycbcr (BT.601, [0,255]), Gaussian 11x11 SSIM, no crop",
+    "rgb": "PSNR/SSIM on RGB ([0,255]; SSIM averaged over channels), Gaussian 11x11 SSIM, no crop",
 }
+QUANTIZE = {
+    "round": "outputs rounded to uint8 (as derain writes them)",
+    "truncate": "outputs truncated to uint8, uint8(x*255) (as most authors' test code saves them)",
+}
+
+
+def convention(channel: str, quantize: str) -> str:
+    return f"{CONVENTION[channel]}; {QUANTIZE[quantize]}"
 
 
 @dataclass
@@ -85,8 +93,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def evaluate(restorer, folder: Path, channel: str = "y", limit: int | None = None) -> BenchmarkResult:
+def evaluate(restorer, folder: Path, channel: str = "y", limit: int | None = None,
+             quantize: str = "round") -> BenchmarkResult:
     """Run ``restorer`` (api.Restorer) over every pair in ``folder`` and score it."""
+    to_uint8 = {"round": np.rint, "truncate": np.floor}[quantize]
     engine = restorer.engine
     result = BenchmarkResult(
         method=restorer.spec.name, weights=restorer.weights.label if restorer.weights else "-",
@@ -102,10 +112,11 @@ def evaluate(restorer, folder: Path, channel: str = "y", limit: int | None = Non
         if engine.device.type == "cuda":
             torch.cuda.synchronize(engine.device)
         start = time.perf_counter()
-        out = restorer.run(rainy)["image"]
+        out = restorer.run(rainy.astype(np.float32) / 255)["image"]
         if engine.device.type == "cuda":
             torch.cuda.synchronize(engine.device)
         seconds = time.perf_counter() - start
+        out = to_uint8(np.clip(out, 0, 1) * 255).astype(np.uint8)
         a, b = (torch.tensor(v).permute(2, 0, 1)[None].float() / 255 for v in (out, clean))
         result.images.append(ImageScore(pair.name, psnr(a, b, channel).item(), ssim(a, b, channel).item(),
                                         seconds, rainy.shape[0] * rainy.shape[1] / 1e6))

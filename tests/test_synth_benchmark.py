@@ -79,3 +79,16 @@ def test_published_scores_cite_sources():
     assert all(row["source"] for row in scores.values())
     assert published_scores("rgb") == {}
     assert dataset_name(__import__("pathlib").Path("x/rain100h/test")) == "rain100h"
+
+
+def test_truncation_follows_the_authors_protocol(tmp_path, lpnet_checkpoint):
+    import derain_cli
+    from derain_cli.benchmark import evaluate
+
+    data = make_dataset(tmp_path / "set", n=2)
+    restorer = derain_cli.load("lpnet", weights=str(lpnet_checkpoint), device="cpu", tile=0)
+    scored = evaluate(restorer, data, quantize="truncate")
+    pair = find_pairs(data)[0]
+    rainy, clean = (np.asarray(Image.open(p).convert("RGB")) for p in (pair.rainy, pair.clean))
+    floored = np.floor(restorer(rainy.astype(np.float32) / 255) * 255).astype(np.uint8)
+    assert abs(scored.images[0].psnr - _psnr(floored, clean)) < 1e-6

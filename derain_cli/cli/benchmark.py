@@ -16,6 +16,7 @@ def benchmark(
     methods: Annotated[list[str], typer.Option("-m", "--method", help="Method or method.tag; repeat for several.")] = ["lpnet"],  # noqa: B006
     weights: Annotated[str | None, typer.Option("-w", "--weights", help="Checkpoint file for a single --method.")] = None,
     channel: Annotated[str, typer.Option(help="y (the papers' convention) or rgb.")] = "y",
+    quantize: Annotated[str, typer.Option(help="round (as derain writes images) or truncate (as most authors' test code does).")] = "round",
     published: Annotated[bool, typer.Option("--published", help="Show published / reference scores beside ours.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16, bf16.")] = "auto",
@@ -29,34 +30,37 @@ def benchmark(
     """Score methods on paired test sets: PSNR/SSIM per image and mean, time per image, MP/s,
     peak memory, parameter count. States the metric convention it used."""
     with exit_codes():
-        _benchmark(data, methods, weights, channel, published, device, precision, tile, limit,
+        _benchmark(data, methods, weights, channel, quantize, published, device, precision, tile, limit,
                    json_path, csv_path, markdown_path, offline)
 
 
-def _benchmark(data, methods, weights, channel, published, device, precision, tile, limit,
+def _benchmark(data, methods, weights, channel, quantize, published, device, precision, tile, limit,
                json_path, csv_path, markdown_path, offline) -> None:
     from derain_cli.api import load
-    from derain_cli.benchmark import CONVENTION, evaluate, published_scores
+    from derain_cli.benchmark import CONVENTION, QUANTIZE, convention, evaluate, published_scores
     from derain_cli.errors import UsageError
 
     if channel not in CONVENTION:
         raise UsageError(f"channel must be 'y' or 'rgb', got '{channel}'")
+    if quantize not in QUANTIZE:
+        raise UsageError(f"quantize must be 'round' or 'truncate', got '{quantize}'")
     if weights and len(methods) != 1:
         raise UsageError("--weights needs exactly one --method")
     results = []
     for method in methods:
         restorer = load(method, weights, device=device, precision=precision, tile=tile, offline=offline)
         for folder in data:
-            results.append(evaluate(restorer, folder, channel, limit))
+            results.append(evaluate(restorer, folder, channel, limit, quantize))
             r = results[-1]
             say(f"{r.method} ({r.weights}) on {r.dataset}: {r.psnr:.2f} dB / {r.ssim:.4f} over {len(r.images)} pairs")
     reference = published_scores(channel) if published else {}
     headers, rows = _table(results, reference)
-    _print(headers, rows, CONVENTION[channel])
+    rule = convention(channel, quantize)
+    _print(headers, rows, rule)
     if markdown_path:
-        markdown_path.write_text(_markdown(headers, rows, CONVENTION[channel], results, reference))
+        markdown_path.write_text(_markdown(headers, rows, rule, results, reference))
     if json_path:
-        json_path.write_text(json.dumps({"convention": CONVENTION[channel], "results": [
+        json_path.write_text(json.dumps({"convention": rule, "results": [
             {**r.summary(), "images": [vars(i) for i in r.images]} for r in results]}, indent=2))
     if csv_path:
         lines = ["method,weights,dataset,image,psnr,ssim,seconds"]
