@@ -7,6 +7,7 @@ resumable checkpoints, logging and DistributedDataParallel when started by torch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -224,9 +225,11 @@ class Trainer:
             dist.barrier()
         if self.rank != 0:
             return {}
-        final_sha = export_safetensors(self.net.state_dict(), self.out / "final.safetensors")
-        chosen = self.out / ("best.safetensors" if self.best else "final.safetensors")
-        sha = final_sha if not self.best else __import__("hashlib").sha256(chosen.read_bytes()).hexdigest()
+        sha = export_safetensors(self.net.state_dict(), self.out / "final.safetensors")
+        chosen = self.out / "final.safetensors"
+        if self.best:  # the best validated weights, not necessarily the last
+            chosen = self.out / "best.safetensors"
+            sha = hashlib.sha256(chosen.read_bytes()).hexdigest()
         summary = {
             "checkpoint": str(chosen), "sha256": sha, "best": self.best, "steps": self.step,
             "wall_time_s": round(self.elapsed(), 1), "hardware": hardware(self.device, self.world_size),
