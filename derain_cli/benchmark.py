@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from derain_cli.data import find_pairs, load_pair
-from derain_cli.metrics import psnr, ssim
+from derain_cli.metrics import score_uint8
 
 PUBLISHED_FILE = Path(__file__).with_name("published.toml")
 CONVENTION = {
@@ -117,8 +117,7 @@ def evaluate(restorer, folder: Path, channel: str = "y", limit: int | None = Non
             torch.cuda.synchronize(engine.device)
         seconds = time.perf_counter() - start
         out = to_uint8(np.clip(out, 0, 1) * 255).astype(np.uint8)
-        a, b = (torch.tensor(v).permute(2, 0, 1)[None].float() / 255 for v in (out, clean))
-        result.images.append(ImageScore(pair.name, psnr(a, b, channel).item(), ssim(a, b, channel).item(),
+        result.images.append(ImageScore(pair.name, *score_uint8(out, clean, channel),
                                         seconds, rainy.shape[0] * rainy.shape[1] / 1e6))
     result.peak_rss_mb = _peak_rss_mb()
     if engine.device.type == "cuda":

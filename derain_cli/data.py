@@ -87,14 +87,10 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as err:  # ImageError already names the file
         raise DatasetError(str(err)) from None
-    a, b = _as_uint8_rgb(rainy.rgb), _as_uint8_rgb(clean.rgb)
+    a, b = rainy.rgb8, clean.rgb8
     if a.shape != b.shape:
         raise DatasetError(f"{pair.rainy} is {a.shape[1]}x{a.shape[0]} but {pair.clean} is {b.shape[1]}x{b.shape[0]}")
     return a, b
-
-
-def _as_uint8_rgb(array: np.ndarray) -> np.ndarray:
-    return (array // 257).astype(np.uint8) if array.dtype == np.uint16 else array
 
 
 class PatchSampler:

@@ -51,6 +51,12 @@ class Picture:
             return self.pixels
         return np.repeat(self.pixels, 3, axis=2)
 
+    @property
+    def rgb8(self) -> np.ndarray:
+        """``rgb`` reduced to 8 bits per channel where it has 16."""
+        rgb = self.rgb
+        return (rgb // 257).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
+
     def with_rgb(self, rgb: np.ndarray) -> "Picture":
         """The same picture (metadata, alpha, grayscale-ness) with new colour pixels."""
         if self.pixels.shape[2] == 1:

@@ -9,6 +9,7 @@ value per image, shape (B,). ``channel="rgb"`` scores the three colour channels 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,28 +42,40 @@ def psnr(x: torch.Tensor, y: torch.Tensor, channel: str = "y") -> torch.Tensor:
     return 10.0 * torch.log10(255.0**2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """(size, size) normalised Gaussian, float64."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
     return torch.outer(g, g)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, channel: str = "y") -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004): K1=0.01, K2=0.03, L=255, 'valid' filtering."""
-    a, b = _prepare(x, y, channel)
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004, K1=0.01, K2=0.03) with 'valid' filtering by a
+    (k, k) ``window`` applied to each channel of (B, C, H, W) tensors; also used by the loss."""
     c = a.shape[1]
-    window = _gaussian_window().to(a.device).expand(c, 1, 11, 11)
+    w = window.to(a).expand(c, 1, *window.shape)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=c)
+        return F.conv2d(t, w, groups=c)
 
-    if min(a.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {tuple(a.shape[-2:])}")
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2
     cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return ssim_map.flatten(1).mean(dim=1)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, channel: str = "y") -> torch.Tensor:
+    """Structural similarity: Gaussian 11x11 window, sigma 1.5, L=255, 'valid' filtering."""
+    a, b = _prepare(x, y, channel)
+    if min(a.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {tuple(a.shape[-2:])}")
+    return ssim_map(a, b, gaussian_window(), 255.0).flatten(1).mean(dim=1)
+
+
+def score_uint8(output: np.ndarray, clean: np.ndarray, channel: str = "y") -> tuple[float, float]:
+    """(PSNR, SSIM) of two (H, W, 3) uint8 pictures."""
+    a, b = (torch.tensor(v).permute(2, 0, 1)[None].float() / 255 for v in (output, clean))
+    return psnr(a, b, channel).item(), ssim(a, b, channel).item()

@@ -38,8 +38,7 @@ def _synth(clean, out, style, seed, copies, recursive) -> int:
     failed = 0
     for source, rel in sources:
         try:
-            picture = read_image(source)
-            rgb = picture.rgb if picture.rgb.dtype.name == "uint8" else (picture.rgb // 257).astype("uint8")
+            rgb = read_image(source).rgb8
             for k in range(copies):
                 name = rel.with_suffix(".png") if copies == 1 else rel.with_name(f"{rel.stem}_{k}.png")
                 key = zlib.crc32(rel.as_posix().encode())  # order-independent: one file can be redone alone

@@ -27,7 +27,7 @@ from derain_cli.engine.device import pick_device
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec
-from derain_cli.metrics import psnr, ssim
+from derain_cli.metrics import score_uint8
 
 SCHEDULES = ("constant", "cosine")
 
@@ -172,9 +172,7 @@ class Trainer:
         engine = InferenceEngine(self.net, self.spec, self.device, precision="fp32", tile=0)
         scores = []
         for rainy, clean in self.val_data:
-            out = engine.run(rainy)["image"]
-            a, b = (torch.tensor(v).permute(2, 0, 1)[None].float() / 255 for v in (out, clean))
-            scores.append((psnr(a, b).item(), ssim(a, b).item()))
+            scores.append(score_uint8(engine.run(rainy)["image"], clean))
         self.net.train()
         p, s = np.mean(scores, axis=0)
         return {"psnr_y": float(p), "ssim_y": float(s)}
