@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from derain_cli.errors import UsageError
-from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image, write_image
+import numpy as np
+
+from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, write_image
 
 DEFAULT_SUFFIX = "_derained"
 
@@ -37,6 +39,12 @@ class OutputOptions:
     skip_existing: bool = False
     quality: int = 95
     max_pixels: int = DEFAULT_MAX_PIXELS
+    extras: tuple[str, ...] = ()  # extra declared outputs to save, e.g. ("mask",): NAME_mask.png
+
+
+def extra_path(target: Path, name: str) -> Path:
+    """Where an extra output (a one-channel map) of ``target`` goes: a PNG beside it."""
+    return target.with_name(f"{target.stem}_{name}.png")
 
 
 @dataclass
@@ -57,6 +65,7 @@ class FileResult:
 class Job:
     source: Path
     target: Path
+    extras: tuple[tuple[str, Path], ...] = ()
 
 
 def _is_candidate(path: Path) -> bool:
@@ -126,17 +135,21 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
             suffix = options.suffix if options.suffix is not None else ("" if out is not None else DEFAULT_SUFFIX)
             folder = out / rel.parent if out is not None else source.parent
             target = folder / f"{source.stem}{suffix}{ext}"
-        key = target.resolve()
+        extras = tuple((name, extra_path(target, name)) for name in options.extras)
         reason = None
-        if key in input_keys:
-            reason = f"output {target} would overwrite an input; choose another -o, --suffix or --ext"
-        elif key in claimed:
-            reason = f"output {target} is already the output of another input"
+        for path in (target, *(path for _, path in extras)):
+            key = path.resolve()
+            if key in input_keys:
+                reason = f"output {path} would overwrite an input; choose another -o, --suffix or --ext"
+            elif key in claimed:
+                reason = f"output {path} is already the output of another input"
+            if reason:
+                break
         if reason:
             failures.append(FileResult(str(source), str(target), "failed", reason))
             continue
-        claimed.add(key)
-        jobs.append(Job(source, target))
+        claimed.update(path.resolve() for path in (target, *(path for _, path in extras)))
+        jobs.append(Job(source, target, extras))
     return jobs, failures
 
 
@@ -149,12 +162,15 @@ def run_job(job: Job, derain: Callable, options: OutputOptions) -> FileResult:
             if options.skip_existing:
                 result.status = "skipped"
                 return result
-            if not options.overwrite:
-                raise UsageError(f"{job.target}: output exists (use --overwrite or --skip-existing)")
+        for path in (job.target, *(path for _, path in job.extras)):
+            if path.exists() and not options.overwrite:
+                raise UsageError(f"{path}: output exists (use --overwrite or --skip-existing)")
         picture = read_image(job.source, options.max_pixels)
         result.height, result.width = picture.pixels.shape[:2]
         outputs = derain(picture.rgb)
         write_image(picture.with_rgb(outputs["image"]), job.target, options.quality)
+        for name, path in job.extras:  # one-channel maps (a rain mask) as grayscale PNG
+            write_image(Picture(np.ascontiguousarray(outputs[name])), path)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # noqa: BLE001 - one bad file must never abort the batch

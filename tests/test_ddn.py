@@ -55,3 +55,12 @@ def test_reproduces_the_sirr_authors_output():
         out = model(x)[0].permute(1, 2, 0).numpy()
     assert np.abs(detail - np.load(REFERENCE / "sirr/official_rain100l_detail_norain-1.npy")).max() < 1e-4
     assert np.abs(out - np.load(REFERENCE / "sirr/official_rain100l_output_norain-1.npy")).max() < 1e-4
+
+
+def test_an_untrained_network_starts_near_the_identity():
+    """The residual's norm starts small, so training begins from 'return the input'."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        gap = (DDN().eval()(x) - x).pow(2).mean()
+    assert 10 * torch.log10(1 / gap) > 30

@@ -30,6 +30,9 @@ def remove(
     ext: Annotated[str | None, typer.Option(help="Output format by extension (png, jpg, webp, tif). Default: the input's.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs that already exist (inputs are never overwritten).")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output already exists.")] = False,
+    save_mask: Annotated[
+        bool, typer.Option("--save-mask", help="Also write the predicted rain-location map as NAME_mask.png (methods that predict one, e.g. jorder).")
+    ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA where safe, else fp32), fp32, fp16 or bf16.")] = "auto",
     tile: Annotated[int, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once.")] = 512,
@@ -49,16 +52,24 @@ def remove(
     raise typer.Exit(code)
 
 
-def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, device,
+def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, save_mask, device,
             precision, tile, quality, max_pixels, offline, json_lines, quiet) -> int:
     from derain_cli.api import load
     from derain_cli.batch import OutputOptions, collect_inputs, plan_jobs, run_job
+    from derain_cli.methods import get_method, list_methods
+    from derain_cli.weights.manifest import split_name
 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
+    extras = ("mask",) if save_mask else ()
+    spec = get_method(split_name(method)[0])
+    for name in extras:
+        if name not in spec.outputs:
+            able = ", ".join(m.name for m in list_methods() if name in m.outputs) or "none"
+            raise UsageError(f"--save-{name}: {spec.name} predicts no {name} (methods that do: {able})")
     options = OutputOptions(
         output=output, suffix=suffix, ext=ext, recursive=recursive, overwrite=overwrite,
-        skip_existing=skip_existing, quality=quality, max_pixels=max_pixels,
+        skip_existing=skip_existing, quality=quality, max_pixels=max_pixels, extras=extras,
     )
     jobs, failures = plan_jobs(collect_inputs(inputs, recursive, exclude=output), options)
     notice = (lambda message: None) if quiet else (lambda message: say(message, style="yellow"))

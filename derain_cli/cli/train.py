@@ -26,6 +26,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     tag: Annotated[str, typer.Option(help="Weights tag for the exported manifest entry (method.tag).")] = "custom",
+    init: Annotated[str | None, typer.Option(help="Start from these weights (file, hf:// URL or method.tag, e.g. lpnet.rain100l) instead of random initialisation.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and patch sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (torchrun processes take their local GPU).")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
@@ -37,7 +38,7 @@ def train(
 
 
 def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
-           val_every, checkpoint_every, resume, tag, seed, device, quiet) -> None:
+           val_every, checkpoint_every, resume, tag, init, seed, device, quiet) -> None:
     import os
 
     from derain_cli.data import find_pairs
@@ -54,7 +55,7 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         batch_size=batch_size or recipe.batch_size, patch_size=patch_size or recipe.patch_size,
         lr=lr or recipe.lr, weight_decay=recipe.weight_decay if weight_decay is None else weight_decay,
         schedule=schedule, val=str(val) if val else None, val_split=0.0 if val else val_split,
-        val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag,
+        val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag, init=init,
     )
     if (out / "last.pth").exists() and not resume:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")

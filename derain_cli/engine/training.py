@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     tag: str = "custom"
+    init: str | None = None  # start from these weights (a file, hf:// URL or method.tag) instead of random
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -100,7 +101,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         # channels-last throughout: faster on CPU, and the same layout the validation engine
         # uses, so a resumed run computes bit for bit what an uninterrupted one does
-        self.net = spec.build().to(self.device, memory_format=torch.channels_last)
+        self.net = spec.build()
+        if config.init:
+            self._load_init(config.init)
+        self.net = self.net.to(self.device, memory_format=torch.channels_last)
         self.step_module: nn.Module = TrainStep(self.net)
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -115,6 +119,18 @@ class Trainer:
         self.step, self.best, self.history = 0, None, []
         self.started = time.time()
         self.elapsed_before = 0.0
+
+    def _load_init(self, weights: str) -> None:
+        from derain_cli.weights.loading import load_into, read_state_dict
+        from derain_cli.weights.resolve import resolve
+
+        if Path(weights).is_file() or weights.startswith("hf://"):
+            resolved = resolve(self.spec.name, weights)
+        else:  # a manifest name such as lpnet.rain100l
+            if not weights.startswith(self.spec.name + "."):
+                raise UsageError(f"--init {weights}: not a {self.spec.name} checkpoint name or file")
+            resolved = resolve(weights)
+        load_into(self.net, read_state_dict(resolved.path), resolved.label)
 
     def _init_device(self) -> torch.device:
         if self.world_size == 1:
@@ -254,6 +270,7 @@ def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> st
         "| | |", "|---|---|",
         f"| data | `{config.data}` (validation: {config.val or f'held-out {config.val_split:.0%} of the pairs'}) |",
         f"| iterations | {summary['steps']:,} (batch {config.batch_size}, {config.patch_size}x{config.patch_size} patches) |",
+        f"| initialised from | {config.init or 'random'} |",
         f"| optimizer | Adam, lr {config.lr}, {config.schedule} schedule, weight decay {config.weight_decay} |",
         f"| seed | {config.seed} |",
         f"| hardware | {summary['hardware']} |",
@@ -274,7 +291,8 @@ def manifest_entry(config: TrainConfig, filename: str, sha: str, summary: dict) 
     best = summary["best"]
     score = f", validation Y-PSNR {best['psnr_y']:.2f} dB / SSIM {best['ssim_y']:.4f} at step {best['step']}" if best else ""
     trained = (f"derain train on {config.data}: {summary['steps']} iterations, batch {config.batch_size}, "
-               f"{config.patch_size}px patches, lr {config.lr} ({config.schedule}), {summary['hardware']}, "
+               f"{config.patch_size}px patches, lr {config.lr} ({config.schedule})"
+               f"{f', from {config.init}' if config.init else ''}, {summary['hardware']}, "
                f"{summary['wall_time_s'] / 3600:.2f} h{score}")
     return (f"[{config.method}.{config.tag}]\n"
             f'file = "{config.method}_{config.tag}.safetensors"  # copy {filename} here\n'

@@ -118,6 +118,38 @@ METHODS: tuple[MethodSpec, ...] = (
             "100k and 200k) is replaced by derain's Adam 1e-3",
         ),
     ),
+    MethodSpec(
+        name="jorder",
+        network="derain_cli.methods.jorder:JORDER",
+        summary="Joint rain detection and removal (dilated context, 2 recurrences); predicts a rain mask",
+        paper="Yang et al., Deep Joint Rain Detection and Removal from a Single Image, CVPR 2017",
+        size_multiple=1,
+        size_offset=0,
+        overlap=48,
+        half_safe=False,
+        default_tag="rain100l",
+        outputs=("image", "mask"),
+        recipe=TrainingRecipe(
+            lr=1e-4, batch_size=16, patch_size=64, iterations=100_000,
+            source="Yang et al. 2017 train on 64x64 patches; optimizer settings are derain's choice (Adam 1e-4, "
+            "batch 16), see docs/methods.md",
+        ),
+    ),
+    MethodSpec(
+        name="msdn",
+        network="derain_cli.methods.msdn:MSDN",
+        summary="Multi-scale de-raining network (32 channels, 3 scales, dense units); backbone of feature-statistics matching",
+        paper="Qiu et al., semi-supervised image deraining with feature statistics matching, Journal of Computer Applications 2022",
+        size_multiple=4,
+        size_offset=0,
+        overlap=128,
+        half_safe=False,
+        default_tag="rain100l",
+        recipe=TrainingRecipe(
+            lr=5e-4, batch_size=16, patch_size=64, iterations=100_000,
+            source="Qiu et al. 2022: Adam, learning rate 5e-4, batch 16, 64x64 patches (iterations not stated; derain's choice)",
+        ),
+    ),
 )
 
 

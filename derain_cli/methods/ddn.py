@@ -44,6 +44,9 @@ class DDN(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(DEPTH))
         # statistics of the current batch, never running averages (the authors' test-time behaviour)
         self.norms = nn.ModuleList(nn.BatchNorm2d(widths[i + 1], track_running_stats=False) for i in range(DEPTH))
+        # The last norm emits the residual; with its default scale of 1 an untrained network adds
+        # unit-variance noise to the image. A small scale starts training near the identity.
+        nn.init.constant_(self.norms[-1].weight, 0.01)
 
     def detail(self, rainy: torch.Tensor) -> torch.Tensor:
         return rainy - guided_filter_self(rainy)
