@@ -41,7 +41,7 @@ STYLES = {
     "light": RainStyle(layers=(1, 1), directions=1, angle=(-20, 20), spread=0, length=(12, 35), width=(0.4, 0.8),
                        density=(0.0008, 0.002), intensity=(0.55, 0.9), transmission=None),
     "heavy": RainStyle(layers=(3, 5), directions=5, angle=(-25, 25), spread=12, length=(25, 80), width=(0.5, 1.5),
-                       density=(0.0008, 0.0022), intensity=(0.45, 0.85), transmission=(0.75, 0.92)),
+                       density=(0.0008, 0.0022), intensity=(0.45, 0.85), transmission=(0.88, 1.0)),
 }
 
 
