@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from derain_cli.errors import UsageError
 import numpy as np
 
+from derain_cli.errors import UsageError
 from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, write_image
 
 DEFAULT_SUFFIX = "_derained"
