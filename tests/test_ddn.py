@@ -64,3 +64,9 @@ def test_an_untrained_network_starts_near_the_identity():
     with torch.no_grad():
         gap = (DDN().eval()(x) - x).pow(2).mean()
     assert 10 * torch.log10(1 / gap) > 30
+
+
+def test_separable_box_mean_equals_the_two_dimensional_window():
+    x = torch.rand(2, 3, 37, 52)
+    direct = torch.nn.functional.avg_pool2d(x, 31, stride=1, padding=15, count_include_pad=False)
+    assert torch.allclose(box_mean(x, 15), direct, atol=2e-6)
