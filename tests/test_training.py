@@ -138,3 +138,22 @@ def test_distributed_training_matches_one_process(tmp_path):
     one, two = (load_file(str(tmp_path / d / "final.safetensors")) for d in ("one", "two"))
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-5), k
+
+
+def test_init_starts_from_given_weights_and_refuses_other_methods(tmp_path):
+    from conftest import make_checkpoint
+    from derain_cli.errors import UsageError, WeightsError
+
+    pairs = find_pairs(make_dataset(tmp_path / "data", 3))
+    start = make_checkpoint("lpnet", tmp_path / "start.safetensors", seed=7)
+    trainer = Trainer(get_method("lpnet"), config(tmp_path, "run", 2, init=str(start)), pairs, [], log=lambda m: None)
+    expected = load_file(str(start))
+    assert all(torch.equal(v, expected[k]) for k, v in trainer.net.state_dict().items())
+    trainer.train()
+    assert "initialised from" in (tmp_path / "run" / "card.md").read_text()
+
+    with pytest.raises(UsageError, match="not a lpnet checkpoint"):
+        Trainer(get_method("lpnet"), config(tmp_path, "r2", 2, init="jorder.rain100l"), pairs, [], log=lambda m: None)
+    wrong = make_checkpoint("ddn", tmp_path / "ddn.safetensors")
+    with pytest.raises(WeightsError, match="does not fit"):
+        Trainer(get_method("lpnet"), config(tmp_path, "r3", 2, init=str(wrong)), pairs, [], log=lambda m: None)
