@@ -26,7 +26,7 @@ def test_every_manifest_entry_resolves_offline_to_a_verified_bundled_file(monkey
     assert {"lpnet.rain100l", "lpnet.rain100h"} <= set(entries)
     for name, entry in entries.items():
         resolved = resolve(name)  # checks the sha256
-        assert resolved.source == "bundled" and resolved.path.stat().st_size < 100_000, name
+        assert resolved.source == "bundled" and resolved.path.stat().st_size < 2_000_000, name
         assert entry.license == "MIT" and "derain train" in entry.trained
 
 
