@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_checkpoint, rainy_picture
+from conftest import DATA, make_checkpoint, needs_shared, rainy_picture
 from derain_cli.cli import app
 from derain_cli.methods import get_method
 from derain_cli.methods.jorder import MASK_THRESHOLD, JORDER, rain_mask
@@ -101,3 +102,20 @@ def test_mask_tiles_blend_like_the_image(tmp_path):
     tiled = InferenceEngine(model, spec, "cpu", "fp32", tile=112).run(picture)
     diff = np.abs(whole["mask"].astype(int) - tiled["mask"].astype(int))
     assert diff.max() <= 1
+
+
+@pytest.mark.slow
+@needs_shared
+def test_shipped_mask_finds_the_real_streaks():
+    """On Rain100L test pairs the shipped model's rain probability is far higher on the
+    streaks (thresholded O - B) than elsewhere; an untrained detector scores ~1x."""
+    import derain_cli
+    from derain_cli.data import find_pairs, load_pair
+
+    restorer = derain_cli.load("jorder.rain100l", device="cpu", tile=0)
+    for pair in find_pairs(DATA / "rain100l" / "test")[:3]:
+        rainy, clean = load_pair(pair)
+        prob = restorer.run(rainy)["mask"][..., 0].astype(np.float32) / 255
+        as_tensor = [torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255 for a in (rainy, clean)]
+        streaks = rain_mask(*as_tensor)[0, 0].numpy() > 0
+        assert prob[streaks].mean() > 2 * prob[~streaks].mean()

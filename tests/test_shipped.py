@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_manifest_entry_resolves_offline_to_a_verified_bundled_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     entries = load_manifest()
-    assert {"lpnet.rain100l", "lpnet.rain100h"} <= set(entries)
+    shipped = {f"{m}.{t}" for m in ("lpnet", "ddn", "msdn", "jorder") for t in ("rain100l", "rain100h")}
+    assert shipped <= set(entries)
     for name, entry in entries.items():
         resolved = resolve(name)  # checks the sha256
         assert resolved.source == "bundled" and resolved.path.stat().st_size < 2_000_000, name
@@ -42,7 +43,15 @@ def test_readme_main_job_works_offline(tmp_path, monkeypatch):
 
 
 # Scores recorded in docs/weights.md (derain benchmark, Y channel, rounded outputs, whole images)
-DOCUMENTED = [("lpnet.rain100l", "rain100l", 31.06, 0.9337), ("lpnet.rain100h", "rain100h", 18.93, 0.5976)]
+DOCUMENTED = [
+    ("lpnet.rain100l", "rain100l", 31.06, 0.9337),
+    ("lpnet.rain100h", "rain100h", 18.93, 0.5976),
+    ("ddn.rain100l", "rain100l", 30.10, 0.9023),
+    ("ddn.rain100h", "rain100h", 18.90, 0.4950),
+    ("msdn.rain100l", "rain100l", 31.63, 0.9265),
+    ("msdn.rain100h", "rain100h", 22.29, 0.6721),
+    ("jorder.rain100l", "rain100l", 30.43, 0.9069),
+]
 
 
 @pytest.mark.slow
