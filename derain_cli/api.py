@@ -118,6 +118,7 @@ def derain_paths(
         if on_result:
             on_result(failed)
     restorer = restorer or load(**load_options)
+    restorer.spec.require_outputs(options.extras)
     for job in jobs:
         result = run_job(job, restorer.run, options)
         results.append(result)

@@ -119,3 +119,18 @@ def test_shipped_mask_finds_the_real_streaks():
         as_tensor = [torch.from_numpy(np.array(a)).permute(2, 0, 1)[None].float() / 255 for a in (rainy, clean)]
         streaks = rain_mask(*as_tensor)[0, 0].numpy() > 0
         assert prob[streaks].mean() > 2 * prob[~streaks].mean()
+
+
+def test_api_saves_masks_through_the_same_options(tmp_path, lpnet_checkpoint):
+    import derain_cli
+    from derain_cli.batch import OutputOptions
+    from derain_cli.errors import UsageError
+
+    src = tmp_path / "a.png"
+    Image.fromarray(rainy_picture(30, 36)).save(src)
+    weights = make_checkpoint("jorder", tmp_path / "jorder.safetensors")
+    options = OutputOptions(output=tmp_path / "out", extras=("mask",))
+    results = derain_cli.derain_paths([src], options=options, method="jorder", weights=str(weights), device="cpu")
+    assert [r.status for r in results] == ["ok"] and (tmp_path / "out" / "a_mask.png").is_file()
+    with pytest.raises(UsageError, match="lpnet predicts no mask"):
+        derain_cli.derain_paths([src], options=options, method="lpnet", weights=str(lpnet_checkpoint), device="cpu")

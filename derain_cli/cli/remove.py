@@ -56,17 +56,16 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
             precision, tile, quality, max_pixels, offline, json_lines, quiet) -> int:
     from derain_cli.api import load
     from derain_cli.batch import OutputOptions, collect_inputs, plan_jobs, run_job
-    from derain_cli.methods import get_method, list_methods
+    from derain_cli.methods import get_method
     from derain_cli.weights.manifest import split_name
 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     extras = ("mask",) if save_mask else ()
-    spec = get_method(split_name(method)[0])
-    for name in extras:
-        if name not in spec.outputs:
-            able = ", ".join(m.name for m in list_methods() if name in m.outputs) or "none"
-            raise UsageError(f"--save-{name}: {spec.name} predicts no {name} (methods that do: {able})")
+    try:  # checked before any weights are loaded
+        get_method(split_name(method)[0]).require_outputs(extras)
+    except UsageError as err:
+        raise UsageError(f"--save-mask: {err}") from None
     options = OutputOptions(
         output=output, suffix=suffix, ext=ext, recursive=recursive, overwrite=overwrite,
         skip_existing=skip_existing, quality=quality, max_pixels=max_pixels, extras=extras,

@@ -64,6 +64,13 @@ class MethodSpec:
     outputs: tuple[str, ...] = field(default=("image",))
     tileable: bool = True
 
+    def require_outputs(self, names: tuple[str, ...]) -> None:
+        """Raise UsageError unless the network returns every map in ``names``."""
+        for name in names:
+            if name not in self.outputs:
+                able = ", ".join(m.name for m in METHODS if name in m.outputs) or "none"
+                raise UsageError(f"{self.name} predicts no {name} (methods that do: {able})")
+
     def build(self):
         """Instantiate the network with its paper configuration (random weights)."""
         module_name, class_name = self.network.split(":")
