@@ -34,7 +34,8 @@ def test_parameter_count_and_declared_outputs():
     assert sum(p.numel() for p in model.parameters()) == 312_452
     spec = get_method("jorder")
     assert spec.outputs == ("image", "mask")
-    out = model.eval()(torch.rand(1, 3, 33, 47))
+    with torch.no_grad():
+        out = model.eval()(torch.rand(1, 3, 33, 47))
     assert out["image"].shape == (1, 3, 33, 47) and out["mask"].shape == (1, 1, 33, 47)
     assert 0 <= float(out["mask"].min()) and float(out["mask"].max()) <= 1
 
