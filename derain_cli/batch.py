@@ -67,6 +67,11 @@ class Job:
     target: Path
     extras: tuple[tuple[str, Path], ...] = ()
 
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file the job writes: the picture, then its extra maps."""
+        return (self.target, *(path for _, path in self.extras))
+
 
 def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
@@ -135,9 +140,9 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
             suffix = options.suffix if options.suffix is not None else ("" if out is not None else DEFAULT_SUFFIX)
             folder = out / rel.parent if out is not None else source.parent
             target = folder / f"{source.stem}{suffix}{ext}"
-        extras = tuple((name, extra_path(target, name)) for name in options.extras)
+        job = Job(source, target, tuple((name, extra_path(target, name)) for name in options.extras))
         reason = None
-        for path in (target, *(path for _, path in extras)):
+        for path in job.outputs:
             key = path.resolve()
             if key in input_keys:
                 reason = f"output {path} would overwrite an input; choose another -o, --suffix or --ext"
@@ -148,8 +153,8 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
         if reason:
             failures.append(FileResult(str(source), str(target), "failed", reason))
             continue
-        claimed.update(path.resolve() for path in (target, *(path for _, path in extras)))
-        jobs.append(Job(source, target, extras))
+        claimed.update(path.resolve() for path in job.outputs)
+        jobs.append(job)
     return jobs, failures
 
 
@@ -162,7 +167,7 @@ def run_job(job: Job, derain: Callable, options: OutputOptions) -> FileResult:
             if options.skip_existing:
                 result.status = "skipped"
                 return result
-        for path in (job.target, *(path for _, path in job.extras)):
+        for path in job.outputs:
             if path.exists() and not options.overwrite:
                 raise UsageError(f"{path}: output exists (use --overwrite or --skip-existing)")
         picture = read_image(job.source, options.max_pixels)
