@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from derain_cli.errors import UsageError
+from derain_cli.errors import DerainError, UsageError
 from derain_cli.io import IMAGE_EXTENSIONS, read_image
 
 FOLDER_LAYOUTS = (("rain", "norain"), ("input", "target"))
@@ -93,6 +93,32 @@ def load_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _random_patch(images: tuple[torch.Tensor, ...], p: int, g: torch.Generator) -> list[torch.Tensor]:
+    """The same random crop, flips and 90-degree rotation of each (C, H, W) image."""
+    h, w = images[0].shape[1:]
+    y = int(torch.randint(h - p + 1, (1,), generator=g))
+    x = int(torch.randint(w - p + 1, (1,), generator=g))
+    flip_h, flip_v, turns = torch.randint(2, (2,), generator=g).tolist() + [int(torch.randint(4, (1,), generator=g))]
+    patches = []
+    for source in images:
+        patch = source[:, y : y + p, x : x + p]
+        if flip_h:
+            patch = patch.flip(2)
+        if flip_v:
+            patch = patch.flip(1)
+        patches.append(torch.rot90(patch, turns, dims=(1, 2)))
+    return patches
+
+
+def _rank_slice(patches: list[torch.Tensor], batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    share = batch_size // world_size
+    return torch.stack(patches[rank * share : (rank + 1) * share]).float().div_(255)
+
+
+def _as_chw(array: np.ndarray) -> torch.Tensor:
+    return torch.tensor(array).permute(2, 0, 1).contiguous()
+
+
 class PatchSampler:
     """Random training patches, a pure function of (seed, step): resuming needs no RNG state.
 
@@ -106,8 +132,8 @@ class PatchSampler:
         small = [p.name for p, (a, _) in zip(pairs, loaded) if min(a.shape[:2]) < patch_size]
         if small:
             raise DatasetError(f"images smaller than the {patch_size}px patch: {', '.join(small[:5])}")
-        self.rainy = [torch.tensor(a).permute(2, 0, 1).contiguous() for a, _ in loaded]
-        self.clean = [torch.tensor(b).permute(2, 0, 1).contiguous() for _, b in loaded]
+        self.rainy = [_as_chw(a) for a, _ in loaded]
+        self.clean = [_as_chw(b) for _, b in loaded]
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
 
     def __len__(self) -> int:
@@ -116,25 +142,74 @@ class PatchSampler:
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(rainy, clean) float tensors (b, 3, P, P) in [0, 1] for this rank at ``step``."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        p = self.patch_size
         rainy, clean = [], []
         for _ in range(self.batch_size):
             i = int(torch.randint(len(self.rainy), (1,), generator=g))
-            h, w = self.rainy[i].shape[1:]
-            y = int(torch.randint(h - p + 1, (1,), generator=g))
-            x = int(torch.randint(w - p + 1, (1,), generator=g))
-            flip_h, flip_v, turns = torch.randint(2, (2,), generator=g).tolist() + [int(torch.randint(4, (1,), generator=g))]
-            pair = []
-            for source in (self.rainy[i], self.clean[i]):
-                patch = source[:, y : y + p, x : x + p]
-                if flip_h:
-                    patch = patch.flip(2)
-                if flip_v:
-                    patch = patch.flip(1)
-                pair.append(torch.rot90(patch, turns, dims=(1, 2)))
-            rainy.append(pair[0])
-            clean.append(pair[1])
-        share = self.batch_size // world_size
-        sl = slice(rank * share, (rank + 1) * share)
-        as_float = lambda xs: torch.stack(xs[sl]).float().div_(255)  # noqa: E731
-        return as_float(rainy), as_float(clean)
+            a, b = _random_patch((self.rainy[i], self.clean[i]), self.patch_size, g)
+            rainy.append(a)
+            clean.append(b)
+        return (_rank_slice(rainy, self.batch_size, rank, world_size),
+                _rank_slice(clean, self.batch_size, rank, world_size))
+
+
+def find_photos(folder: str | Path) -> list[Path]:
+    """The image files directly inside ``folder`` (sorted); DatasetError when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder")
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not photos:
+        raise DatasetError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in this folder")
+    return photos
+
+
+def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    scale = max_side / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    import cv2
+
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+class PhotoSampler:
+    """Random patches of unlabeled photos (a user's real rain), a pure function of (seed, step).
+
+    Photos larger than ``max_side`` are downscaled (area interpolation) so that a folder of
+    camera pictures fits in memory. Unreadable photos and photos smaller than a patch are
+    reported through ``warn`` and left out; each batch takes its patches from ``batch_size``
+    different photos, so the folder needs at least that many usable ones.
+    """
+
+    def __init__(self, photos: list[Path], patch_size: int, batch_size: int, seed: int = 0,
+                 max_side: int = 1024, warn=print) -> None:
+        self.names: list[str] = []
+        self.images: list[torch.Tensor] = []
+        for path in photos:
+            try:
+                rgb = _shrink(read_image(path).rgb8, max_side)
+            except DerainError as err:  # ImageError names the file and the reason
+                warn(f"skipping {err}")
+                continue
+            if min(rgb.shape[:2]) < patch_size:
+                warn(f"skipping {path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {patch_size}px patch")
+                continue
+            self.names.append(path.name)
+            self.images.append(_as_chw(rgb))
+        where = photos[0].parent if photos else "the folder"
+        if len(self.images) < batch_size:
+            raise DatasetError(
+                f"{where}: {len(self.images)} usable photo(s) of {len(photos)}; a batch takes patches from "
+                f"{batch_size} different photos (add photos or lower the batch size)")
+        self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """Float tensor (b, 3, P, P) in [0, 1] for this rank at ``step``."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 7_919)
+        chosen = torch.randperm(len(self.images), generator=g)[: self.batch_size].tolist()
+        patches = [_random_patch((self.images[i],), self.patch_size, g)[0] for i in chosen]
+        return _rank_slice(patches, self.batch_size, rank, world_size)

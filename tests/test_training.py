@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from derain_cli.data import DatasetError, PatchSampler, find_pairs
+from derain_cli.engine.objectives import SupervisedObjective
 from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
 from derain_cli.methods import get_method
 
@@ -39,6 +40,14 @@ def config(tmp_path: Path, out: str, iterations: int, **kw) -> TrainConfig:
                 batch_size=4, patch_size=32, lr=1e-3, val_every=2, checkpoint_every=2, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
+
+
+def supervised(pairs, cfg: TrainConfig) -> SupervisedObjective:
+    return SupervisedObjective(pairs, cfg.patch_size, cfg.batch_size, cfg.seed)
+
+
+def make_trainer(spec, cfg: TrainConfig, train, val) -> Trainer:
+    return Trainer(spec, cfg, supervised(train, cfg), val, log=lambda m: None)
 
 
 def test_layouts_and_clear_errors(tmp_path):
@@ -70,21 +79,21 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch):
     pairs = find_pairs(make_dataset(tmp_path / "data"))
     train, val = split_pairs(pairs, 0.34)
     spec = get_method("lpnet")
-    straight = Trainer(spec, config(tmp_path, "straight", 6), train, val, log=lambda m: None)
+    straight = make_trainer(spec, config(tmp_path, "straight", 6), train, val)
     straight.train()
 
-    crashing = Trainer(spec, config(tmp_path, "crashed", 6), train, val, log=lambda m: None)
-    original = crashing.sampler.batch
+    crashing = make_trainer(spec, config(tmp_path, "crashed", 6), train, val)
+    original = crashing.objective.sampler.batch
 
     def crash_at_step_5(step, *args):
         if step == 4:  # the fifth iteration: the checkpoint of step 4 is on disk
             raise KeyboardInterrupt("killed")
         return original(step, *args)
 
-    monkeypatch.setattr(crashing.sampler, "batch", crash_at_step_5)
+    monkeypatch.setattr(crashing.objective.sampler, "batch", crash_at_step_5)
     with pytest.raises(KeyboardInterrupt):
         crashing.train()
-    resumed = Trainer(spec, config(tmp_path, "crashed", 6), train, val, log=lambda m: None)
+    resumed = make_trainer(spec, config(tmp_path, "crashed", 6), train, val)
     resumed.resume()
     assert resumed.step == 4
     summary = resumed.train()
@@ -100,8 +109,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, monkeypatch):
 
 def test_training_reduces_the_loss(tmp_path):
     pairs = find_pairs(make_dataset(tmp_path / "data"))
-    trainer = Trainer(get_method("lpnet"), config(tmp_path, "run", 30, val_every=10, lr=3e-3), pairs, pairs[:2],
-                      log=lambda m: None)
+    trainer = make_trainer(get_method("lpnet"), config(tmp_path, "run", 30, val_every=10, lr=3e-3), pairs, pairs[:2])
     before = trainer.validate()["psnr_y"]
     trainer.train()
     assert trainer.best["psnr_y"] > before + 1.0
@@ -146,14 +154,14 @@ def test_init_starts_from_given_weights_and_refuses_other_methods(tmp_path):
 
     pairs = find_pairs(make_dataset(tmp_path / "data", 3))
     start = make_checkpoint("lpnet", tmp_path / "start.safetensors", seed=7)
-    trainer = Trainer(get_method("lpnet"), config(tmp_path, "run", 2, init=str(start)), pairs, [], log=lambda m: None)
+    trainer = make_trainer(get_method("lpnet"), config(tmp_path, "run", 2, init=str(start)), pairs, [])
     expected = load_file(str(start))
     assert all(torch.equal(v, expected[k]) for k, v in trainer.net.state_dict().items())
     trainer.train()
     assert "initialised from" in (tmp_path / "run" / "card.md").read_text()
 
     with pytest.raises(UsageError, match="not a lpnet checkpoint"):
-        Trainer(get_method("lpnet"), config(tmp_path, "r2", 2, init="jorder.rain100l"), pairs, [], log=lambda m: None)
+        make_trainer(get_method("lpnet"), config(tmp_path, "r2", 2, init="jorder.rain100l"), pairs, [])
     wrong = make_checkpoint("ddn", tmp_path / "ddn.safetensors")
     with pytest.raises(WeightsError, match="does not fit"):
-        Trainer(get_method("lpnet"), config(tmp_path, "r3", 2, init=str(wrong)), pairs, [], log=lambda m: None)
+        make_trainer(get_method("lpnet"), config(tmp_path, "r3", 2, init=str(wrong)), pairs, [])

@@ -21,7 +21,7 @@ def train(
     patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: the paper's.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the paper's.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Adam weight decay. Default: the paper's.")] = None,
-    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: constant (the paper's) or cosine (to zero).")] = "constant",
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: constant (the paper's), cosine (to zero) or steps (x0.1 after 1/3 and 2/3 of the run).")] = "constant",
     val_every: Annotated[int, typer.Option(help="Validate (Y-PSNR/SSIM) and log every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
@@ -42,6 +42,7 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     import os
 
     from derain_cli.data import find_pairs
+    from derain_cli.engine.objectives import SupervisedObjective
     from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
     from derain_cli.errors import UsageError
     from derain_cli.methods import get_method
@@ -61,7 +62,8 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = say if rank0 and not quiet else (lambda message: None)
-    trainer = Trainer(spec, config, train_pairs, val_pairs, log=log)
+    objective = SupervisedObjective(train_pairs, config.patch_size, config.batch_size, config.seed)
+    trainer = Trainer(spec, config, objective, val_pairs, log=log)
     if resume:
         trainer.resume()
     log(f"training {spec.name} on {len(train_pairs)} pairs ({len(val_pairs)} for validation), "

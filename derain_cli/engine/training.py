@@ -1,8 +1,9 @@
 """The one training loop every method uses.
 
-The method supplies its network and ``training_loss``; this loop supplies patches,
-optimizer, schedule, validation (Y-PSNR/SSIM through the inference engine), atomic
-resumable checkpoints, logging and DistributedDataParallel when started by torchrun.
+The method supplies its network; an objective (engine/objectives.py) supplies each step's
+batch and loss terms (paired supervision, or semi-supervised adaptation on real rain). This
+loop supplies the optimizer, schedule, validation (Y-PSNR/SSIM through the inference engine),
+atomic resumable checkpoints, logging and DistributedDataParallel when started by torchrun.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from derain_cli.data import Pair, PatchSampler, load_pair
+from derain_cli.data import Pair, load_pair
 from derain_cli.engine.checkpoints import export_safetensors, load_training_state, save_atomic
 from derain_cli.engine.device import pick_device
 from derain_cli.engine.inference import InferenceEngine
+from derain_cli.engine.objectives import Objective
 from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec
 from derain_cli.metrics import score_uint8
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "steps")
 
 
 @dataclass
@@ -54,18 +56,20 @@ class TrainConfig:
     tag: str = "custom"
     init: str | None = None  # start from these weights (a file, hf:// URL or method.tag) instead of random
     notes: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # rows for the card (objective, data used, ...)
 
 
 class TrainStep(nn.Module):
-    """Wraps a network so DistributedDataParallel sees its loss as the forward pass."""
+    """Wraps a network and its objective so DistributedDataParallel sees the loss as the
+    forward pass."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, objective: Objective) -> None:
         super().__init__()
         self.net = net
+        self.objective = objective
 
-    def forward(self, rainy: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net.training_loss(rainy, clean)
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.objective.losses(self.net, batch)
 
 
 def split_pairs(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
@@ -79,13 +83,17 @@ def split_pairs(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pa
 def _learning_rate(config: TrainConfig, step: int) -> float:
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * min(step, config.iterations) / config.iterations))
+    if config.schedule == "steps":  # x0.1 after a third of the run and again after two thirds (SIRR)
+        return config.lr * 0.1 ** min(2, 3 * step // config.iterations)
     return config.lr
 
 
 class Trainer:
-    """Trains ``spec``'s network as ``config`` says; ``log`` receives one-line progress."""
+    """Trains ``spec``'s network on ``objective`` as ``config`` says (its batch_size and
+    patch_size are the objective's, recorded for the card); ``val_pairs`` are scored during
+    training; ``log`` receives one-line progress."""
 
-    def __init__(self, spec: MethodSpec, config: TrainConfig, train_pairs: list[Pair], val_pairs: list[Pair],
+    def __init__(self, spec: MethodSpec, config: TrainConfig, objective: Objective, val_pairs: list[Pair],
                  log: Callable[[str], None] = print) -> None:
         if config.schedule not in SCHEDULES:
             raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{config.schedule}'")
@@ -93,8 +101,10 @@ class Trainer:
         self.out = Path(config.out)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if config.batch_size % self.world_size:
-            raise UsageError(f"batch size {config.batch_size} does not split over {self.world_size} processes")
+        for size in objective.batch_sizes():
+            if size % self.world_size:
+                raise UsageError(f"batch size {size} does not split over {self.world_size} processes")
+        self.objective = objective
         self.device = self._init_device()
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +115,7 @@ class Trainer:
         if config.init:
             self._load_init(config.init)
         self.net = self.net.to(self.device, memory_format=torch.channels_last)
-        self.step_module: nn.Module = TrainStep(self.net)
+        self.step_module: nn.Module = TrainStep(self.net, objective)
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -114,7 +124,6 @@ class Trainer:
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _learning_rate(config, s) / config.lr)
-        self.sampler = PatchSampler(train_pairs, config.patch_size, config.batch_size, config.seed)
         self.val_data = [load_pair(p) for p in val_pairs] if self.rank == 0 else []
         self.step, self.best, self.history = 0, None, []
         self.started = time.time()
@@ -157,6 +166,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "objective": self.objective.state_dict(),
             "step": self.step,
             "best": self.best,
             "history": self.history,
@@ -172,6 +182,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        self.objective.load_state_dict(state.get("objective", {}))
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.elapsed_before = state["elapsed"]
         self.log(f"resumed from {self.last_path} at step {self.step}")
@@ -200,8 +211,8 @@ class Trainer:
         running: dict[str, float] = {}
         counted = 0
         while self.step < config.iterations:
-            rainy, clean = self.sampler.batch(self.step, self.rank, self.world_size)
-            losses = self.step_module(rainy.to(self.device), clean.to(self.device))
+            batch = self.objective.batch(self.step, self.rank, self.world_size)
+            losses = self.step_module({k: v.to(self.device) for k, v in batch.items()})
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             self.optimizer.step()
@@ -262,15 +273,25 @@ def hardware(device: torch.device, world_size: int) -> str:
     return f"{world_size} x {what}" if world_size > 1 else what
 
 
+_NOT_LOSSES = ("step", "lr", "elapsed_s", "psnr_y", "ssim_y")
+
+
+def _validation(config: TrainConfig) -> str:
+    if config.val:
+        return config.val
+    return f"held-out {config.val_split:.0%} of the pairs" if config.val_split else "none"
+
+
 def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> str:
     """A Markdown training card for docs/weights/: data, schedule, hardware, time, curve."""
     name = f"{config.method}.{config.tag}"
     lines = [
         f"# {name}", "",
         "| | |", "|---|---|",
-        f"| data | `{config.data}` (validation: {config.val or f'held-out {config.val_split:.0%} of the pairs'}) |",
+        f"| data | `{config.data}` (validation: {_validation(config)}) |",
         f"| iterations | {summary['steps']:,} (batch {config.batch_size}, {config.patch_size}x{config.patch_size} patches) |",
         f"| initialised from | {config.init or 'random'} |",
+        *(f"| {key} | {value} |" for key, value in config.extra.items()),
         f"| optimizer | Adam, lr {config.lr}, {config.schedule} schedule, weight decay {config.weight_decay} |",
         f"| seed | {config.seed} |",
         f"| hardware | {summary['hardware']} |",
@@ -280,6 +301,9 @@ def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> st
     if summary["best"]:
         b = summary["best"]
         lines.append(f"| best validation | Y-PSNR {b['psnr_y']:.2f} dB, SSIM {b['ssim_y']:.4f} at step {b['step']:,} |")
+    if history:
+        terms = {k: v for k, v in history[-1].items() if k not in _NOT_LOSSES}
+        lines.append(f"| loss terms at the end | {', '.join(f'{k} {v:.4g}' for k, v in terms.items())} |")
     curve = [h for h in history if "psnr_y" in h]
     if curve:
         lines += ["", "Validation curve:", "", "| step | loss | Y-PSNR | SSIM |", "|---|---|---|---|"]

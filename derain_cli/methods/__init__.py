@@ -49,6 +49,9 @@ class MethodSpec:
             ``training_loss(rainy, clean) -> dict`` with the paper's loss under ``"loss"``.
         tileable: False when the output depends on whole-image statistics (DDN's batch
             norm uses the image's own mean and variance): such pictures are never tiled.
+        feature_stage: the sub-module (dotted name) whose output is the network's early
+            feature representation, where ``finetune-real --algorithm moments`` matches the
+            statistics of synthetic and real rain (its first call in a forward pass).
     """
 
     name: str
@@ -61,6 +64,7 @@ class MethodSpec:
     half_safe: bool
     default_tag: str
     recipe: TrainingRecipe
+    feature_stage: str
     outputs: tuple[str, ...] = field(default=("image",))
     tileable: bool = True
 
@@ -88,6 +92,7 @@ METHODS: tuple[MethodSpec, ...] = (
         overlap=96,
         half_safe=True,
         default_tag="rain100l",
+        feature_stage="subnets.0.features",
         recipe=TrainingRecipe(
             lr=1e-3, batch_size=10, patch_size=80, iterations=300_000,
             source="Fu et al. 2019, Sec. IV-A: Adam, learning rate 0.001, batch 10, 80x80 patches, 3e5 iterations",
@@ -103,6 +108,7 @@ METHODS: tuple[MethodSpec, ...] = (
         overlap=96,
         half_safe=False,
         default_tag="rain100l",
+        feature_stage="conv0",
         recipe=TrainingRecipe(
             lr=1e-3, batch_size=18, patch_size=100, iterations=16_700,
             source="Ren et al. 2019: Adam 1e-3 (x0.2 at epochs 30/50/80), batch 18, 100x100 patches, 100 epochs, negative SSIM",
@@ -119,6 +125,7 @@ METHODS: tuple[MethodSpec, ...] = (
         half_safe=False,
         default_tag="rain100l",
         tileable=False,
+        feature_stage="norms.0",
         recipe=TrainingRecipe(
             lr=1e-3, batch_size=20, patch_size=64, iterations=210_000,
             source="Fu et al. 2017: batch 20, 64x64 patches, 210k iterations, MSE; the paper's SGD (lr 0.1, /10 at "
@@ -136,6 +143,7 @@ METHODS: tuple[MethodSpec, ...] = (
         half_safe=False,
         default_tag="rain100l",
         outputs=("image", "mask"),
+        feature_stage="head",
         recipe=TrainingRecipe(
             lr=1e-4, batch_size=16, patch_size=64, iterations=100_000,
             source="Yang et al. 2017 train on 64x64 patches; optimizer settings are derain's choice (Adam 1e-4, "
@@ -152,6 +160,7 @@ METHODS: tuple[MethodSpec, ...] = (
         overlap=128,
         half_safe=False,
         default_tag="rain100l",
+        feature_stage="transform",
         recipe=TrainingRecipe(
             lr=5e-4, batch_size=16, patch_size=64, iterations=100_000,
             source="Qiu et al. 2022: Adam, learning rate 5e-4, batch 16, 64x64 patches (iterations not stated; derain's choice)",
