@@ -9,20 +9,21 @@ import typer
 from derain_cli.cli.common import console, error_line, exit_codes, say
 from derain_cli.errors import EXIT_WEIGHTS, WeightsError
 
-app = typer.Typer(help="List, download and verify checkpoints (weights.toml).", no_args_is_help=True)
+app = typer.Typer(help="List, download, verify and remove checkpoints (weights.toml and your own).", no_args_is_help=True)
 
 
 def _entries(names: list[str] | None):
-    from derain_cli.weights.manifest import load_manifest, split_name
+    from derain_cli.weights.manifest import split_name
+    from derain_cli.weights.resolve import available_entries
 
-    entries = load_manifest()
+    entries = available_entries()
     if not names:
         return list(entries.values())
     chosen = []
     for name in names:
         key = "{}.{}".format(*split_name(name))
         if key not in entries:
-            raise WeightsError(f"no checkpoint '{key}' in weights.toml (known: {', '.join(sorted(entries)) or 'none yet'})")
+            raise WeightsError(f"no checkpoint '{key}' (known: {', '.join(sorted(entries)) or 'none yet'})")
         chosen.append(entries[key])
     return chosen
 
@@ -30,6 +31,8 @@ def _entries(names: list[str] | None):
 def _status(entry) -> str:
     from derain_cli.weights.resolve import local_path
 
+    if entry.path is not None:
+        return "here" if local_path(entry).is_file() else "missing (models remove forgets it)"
     if entry.file:
         return "bundled" if local_path(entry).is_file() else "missing (reinstall)"
     return "cached" if local_path(entry).is_file() else "not downloaded"
@@ -37,7 +40,7 @@ def _status(entry) -> str:
 
 @app.command("list")
 def list_models() -> None:
-    """Methods, their checkpoints (method.tag), where each lives and whether it is here."""
+    """Methods, their checkpoints (method.tag, yours included), where each lives and whether it is here."""
     from rich.table import Table
 
     from derain_cli.methods import list_methods
@@ -52,7 +55,7 @@ def list_models() -> None:
             if not mine:
                 table.add_row(f"{spec.name}.{spec.default_tag}", "yes", "-", "no checkpoint shipped yet", "-")
             for e in mine:
-                source = "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
+                source = "yours" if e.path else "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
                 table.add_row(e.name, "yes" if e.tag == spec.default_tag else "", source, _status(e), e.license)
         console.print(table)
 
@@ -93,3 +96,15 @@ def verify(
                 error_line(str(err))
         if bad:
             raise typer.Exit(EXIT_WEIGHTS)
+
+
+@app.command("remove")
+def remove_model(
+    names: Annotated[list[str], typer.Argument(help="Your models to delete (METHOD.TAG, as finetune-real named them).")],
+) -> None:
+    """Delete models you made (finetune-real); shipped checkpoints cannot be removed."""
+    from derain_cli.weights.user import remove
+
+    with exit_codes():
+        for name in names:
+            say(f"removed {name} ({remove(name)})")

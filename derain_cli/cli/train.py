@@ -69,7 +69,11 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     log(f"training {spec.name} on {len(train_pairs)} pairs ({len(val_pairs)} for validation), "
         f"{trainer.world_size} process(es) on {trainer.device}; run folder {out}")
     show_bar = rank0 and not quiet and console.is_terminal
-    summary = trainer.train(on_step=_progress(trainer, config.iterations, show_bar, log))
+    progress = _progress(trainer, config.iterations, show_bar, log)
+    try:
+        summary = trainer.train(on_step=progress)
+    finally:
+        progress.close()
     if rank0 and summary:
         best = summary["best"]
         score = f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best else ""
@@ -77,28 +81,33 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
 
 
-def _progress(trainer, total: int, show_bar: bool, log):
-    """A per-step callback: a rich bar on a terminal, else one log line per validation."""
+def _terms(record: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "lr", "elapsed_s"))
+
+
+def _progress(trainer, total: int, show_bar: bool, log, label: str = "train"):
+    """A per-step callback: a rich bar with every loss term on a terminal, else one log line
+    per validation / log point. ``on_step.close()`` stops the bar (also after Ctrl-C)."""
     if not show_bar:
         def on_step(step, record):
             if "elapsed_s" in record:
-                extras = " ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step",))
-                log(f"step {step}/{total} {extras}")
+                log(f"step {step}/{total} {_terms(record)}")
+        on_step.close = lambda: None
         return on_step
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("loss {task.fields[loss]:.4f}  val Y-PSNR {task.fields[psnr]}"), TimeRemainingColumn(),
-                   console=console)
-    task = bar.add_task("train", total=total, completed=trainer.step, loss=float("nan"), psnr="-")
+    bar = Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                   TextColumn("{task.fields[terms]}  val Y-PSNR {task.fields[psnr]}"), console=console)
+    task = bar.add_task(label, total=total, completed=trainer.step, terms="", psnr="-")
     bar.start()
 
     def on_step(step, record):
-        fields = {"loss": record.get("loss", float("nan"))}
+        fields = {"terms": _terms(record)}
         if "psnr_y" in record:
             fields["psnr"] = f"{record['psnr_y']:.2f}"
         bar.update(task, completed=step, **fields)
         if step >= total:
             bar.stop()
+    on_step.close = bar.stop
     return on_step

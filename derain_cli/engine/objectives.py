@@ -50,6 +50,12 @@ class SupervisedObjective(Objective):
     def __init__(self, pairs: list[Pair], patch_size: int, batch_size: int, seed: int = 0) -> None:
         self.sampler = PatchSampler(pairs, patch_size, batch_size, seed)
 
+    @classmethod
+    def from_sampler(cls, sampler: PatchSampler) -> "SupervisedObjective":
+        objective = cls.__new__(cls)
+        objective.sampler = sampler
+        return objective
+
     def batch_sizes(self) -> tuple[int, ...]:
         return (self.sampler.batch_size,)
 

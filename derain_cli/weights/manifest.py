@@ -45,6 +45,7 @@ class WeightsEntry:
     trained: str
     file: str | None = None
     hub: HubLocation | None = None
+    path: Path | None = None  # a user's own checkpoint in the data directory (weights/user.py)
 
     @property
     def name(self) -> str:
@@ -52,6 +53,8 @@ class WeightsEntry:
 
     @property
     def filename(self) -> str:
+        if self.path is not None:
+            return self.path.name
         return self.file if self.file else self.hub.filename
 
 

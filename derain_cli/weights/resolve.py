@@ -28,7 +28,7 @@ class ResolvedWeights:
     method: str
     label: str
     path: Path
-    source: str  # bundled | cache | downloaded | file | hf
+    source: str  # bundled | cache | downloaded | file | hf | yours
     entry: WeightsEntry | None = None
 
 
@@ -70,12 +70,26 @@ def cached_path(entry: WeightsEntry) -> Path:
 
 def local_path(entry: WeightsEntry) -> Path:
     """Where the entry's file is, or would be once downloaded."""
+    if entry.path is not None:
+        return entry.path
     return BUNDLED_DIR / entry.file if entry.file else cached_path(entry)
+
+
+def available_entries() -> dict[str, WeightsEntry]:
+    """The shipped manifest's entries, then the user's own models (weights/user.py)."""
+    from derain_cli.weights.user import user_entries
+
+    return {**user_entries(), **load_manifest()}
 
 
 def locate(entry: WeightsEntry, offline: bool | None = None) -> ResolvedWeights:
     """The verified local file of a manifest entry, downloading it if allowed."""
     path = local_path(entry)
+    if entry.path is not None:
+        if not path.is_file():
+            raise WeightsError(f"{entry.name}: {path} is missing; `derain models remove {entry.name}` forgets it")
+        verify(entry, path)
+        return ResolvedWeights(entry.method, entry.name, path, "yours", entry)
     if entry.file:
         if not path.is_file():
             raise WeightsError(f"{entry.name}: bundled file {path} is missing; reinstall derain")
@@ -151,7 +165,7 @@ def resolve(method: str, weights: str | None = None, offline: bool | None = None
         if not path.is_file():
             raise WeightsError(f"{path}: checkpoint file not found")
         return ResolvedWeights(name, str(path), path, "file")
-    entries = load_manifest()
+    entries = available_entries()
     entry = entries.get(f"{name}.{tag}")
     if entry is None:
         available = ", ".join(sorted(k for k in entries if k.startswith(name + "."))) or "none yet"

@@ -1,0 +1,73 @@
+"""`derain finetune-real`: adapt a checkpoint to your own rainy photos (no clean images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from derain_cli.cli.common import console, exit_codes, say
+
+
+def finetune_real(
+    photos: Annotated[Path, typer.Argument(help="Folder of your real rainy photos (no clean versions needed).", show_default=False)],
+    method: Annotated[str, typer.Option("-m", "--method", help="Where adaptation starts: METHOD (its default checkpoint) or METHOD.TAG.")] = "lpnet",
+    algorithm: Annotated[str, typer.Option("-a", "--algorithm", help="sirr (Wei et al. 2019: rain mixture + TV), moments (Qiu et al. 2022: feature statistics matching), or supervised (the control: synthetic pairs only).")] = "sirr",
+    tag: Annotated[str | None, typer.Option(help="Name the result METHOD.TAG. Default: the photo folder's name.")] = None,
+    pairs: Annotated[Path | None, typer.Option(help="Labeled synthetic pairs (rain/ + norain/). Default: synthesised on the starting model's derained photos.")] = None,
+    weights: Annotated[str | None, typer.Option("-w", "--weights", help="Start from this checkpoint file or hf:// URL instead of METHOD.TAG's.")] = None,
+    iterations: Annotated[int, typer.Option(min=1, help="Training steps.")] = 2000,
+    batch_size: Annotated[int | None, typer.Option(help="Synthetic patches per step, as many real ones. Default: the algorithm's (sirr 20, moments 16).")] = None,
+    patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: 64.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the algorithm's (sirr 1e-3 with x0.1 steps, moments 5e-4).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant, cosine or steps (x0.1 after 1/3 and 2/3). Default: the algorithm's.")] = None,
+    val: Annotated[Path | None, typer.Option(help="Paired folder to validate on (keeps the best step); default: none, the last step is kept.")] = None,
+    val_every: Annotated[int, typer.Option(help="Validate and log every N steps.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N steps.")] = 100,
+    max_side: Annotated[int, typer.Option(help="Downscale photos whose longest side exceeds this (memory).")] = 1024,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue this METHOD.TAG's interrupted run.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard this METHOD.TAG's earlier run and start again.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for patch sampling and synthesised rain.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Adapt a method to the rain in your own photos (semi-supervised), saved as METHOD.TAG in
+    your data directory ($DERAIN_DATA_DIR overrides); then `derain remove -m METHOD.TAG`.
+    Ctrl-C keeps the last checkpoint (exit 130); --resume continues."""
+    with exit_codes():
+        _finetune_real(**locals())
+
+
+def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, val,
+                   val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet) -> None:
+    from derain_cli.cli.train import _progress
+    from derain_cli.errors import UsageError
+    from derain_cli.finetune import FinetuneRequest, finetune_real as run
+
+    if resume and restart:
+        raise UsageError("--resume and --restart exclude each other")
+    request = FinetuneRequest(
+        photos=photos, method=method, algorithm=algorithm, weights=weights, pairs=pairs, tag=tag, iterations=iterations,
+        batch_size=batch_size, patch_size=patch_size, lr=lr, schedule=schedule, val=val, val_every=val_every,
+        checkpoint_every=checkpoint_every, max_side=max_side, seed=seed, device=device, resume=resume, restart=restart,
+    )
+    log = (lambda message: None) if quiet else say
+    bars = []
+
+    def progress(trainer):
+        bars.append(_progress(trainer, iterations, not quiet and console.is_terminal, log, label=algorithm))
+        return bars[0]
+
+    try:
+        summary = run(request, log=log, on_trainer=progress)
+    except KeyboardInterrupt:
+        for bar in bars:
+            bar.close()
+        say("interrupted: the last checkpoint is kept; continue with the same command and --resume", style="yellow")
+        raise
+    for bar in bars:
+        bar.close()
+    say(f"done: {summary['steps']} steps in {summary['wall_time_s'] / 60:.1f} min; saved as {summary['name']} "
+        f"({summary['installed']})")
+    say(f"use it: derain remove PHOTOS -m {summary['name']}")
