@@ -173,6 +173,10 @@ def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
+def _reasons(why: list[str]) -> str:
+    return f" ({', '.join(why)})" if why else ""
+
+
 class PhotoSampler:
     """Random patches of unlabeled photos (a user's real rain), a pure function of (seed, step).
 
@@ -186,22 +190,26 @@ class PhotoSampler:
                  max_side: int = 1024, warn=print) -> None:
         self.names: list[str] = []
         self.images: list[torch.Tensor] = []
+        unreadable = small = 0
         for path in photos:
             try:
                 rgb = _shrink(read_image(path).rgb8, max_side)
             except DerainError as err:  # ImageError names the file and the reason
                 warn(f"skipping {err}")
+                unreadable += 1
                 continue
             if min(rgb.shape[:2]) < patch_size:
                 warn(f"skipping {path}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the {patch_size}px patch")
+                small += 1
                 continue
             self.names.append(path.name)
             self.images.append(_as_chw(rgb))
         where = photos[0].parent if photos else "the folder"
         if len(self.images) < batch_size:
+            why = [f"{unreadable} unreadable"] * bool(unreadable) + [f"{small} smaller than the {patch_size}px patch"] * bool(small)
             raise DatasetError(
-                f"{where}: {len(self.images)} usable photo(s) of {len(photos)}; a batch takes patches from "
-                f"{batch_size} different photos (add photos or lower the batch size)")
+                f"{where}: {len(self.images)} usable photo(s) of {len(photos)}{_reasons(why)}; "
+                f"a batch takes patches from {batch_size} different photos (add photos or lower the batch size)")
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
 
     def __len__(self) -> int:

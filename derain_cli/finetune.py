@@ -114,9 +114,11 @@ def run_folder(name: str) -> Path:
     return runs_dir() / "finetune-real" / name
 
 
-def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, on_trainer=None) -> dict:
+def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, on_trainer=None,
+                  warn: Callable[[str], None] | None = None) -> dict:
     """Adapt, install as the user's model, and return the summary (with ``name`` and ``installed``).
 
+    ``log`` gets progress lines, ``warn`` (default: ``log``) the photos left out and why.
     ``on_trainer(trainer)`` (optional) returns the per-step callback (a progress bar, say).
     Raises UsageError (DatasetError) for unusable input before any training starts.
     """
@@ -143,7 +145,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     batch_size = request.batch_size or recipe.batch_size
     patch_size = request.patch_size or recipe.patch_size
     photos = PhotoSampler(photo_files, patch_size, batch_size, request.seed, request.max_side,
-                          warn=lambda message: log(f"warning: {message}"))
+                          warn=warn or log)
 
     if request.pairs is not None:
         pair_source = f"`{request.pairs}` (given with --pairs)"

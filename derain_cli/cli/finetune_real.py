@@ -60,7 +60,8 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
         return bars[0]
 
     try:
-        summary = run(request, log=log, on_trainer=progress)
+        summary = run(request, log=log, on_trainer=progress,
+                      warn=lambda message: say(f"warning: {message}", style="yellow"))
     except KeyboardInterrupt:
         for bar in bars:
             bar.close()

@@ -1,0 +1,103 @@
+"""`derain finetune-real` end to end on tiny photos, and the user's models it produces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from derain_cli.cli import app
+
+from test_adaptation import make_photos
+
+runner = CliRunner()
+TINY = ["--batch-size", "2", "--patch-size", "32", "--iterations", "2", "--checkpoint-every", "1", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DERAIN_DATA_DIR", str(tmp_path / "data"))
+
+
+def test_adapts_lists_uses_and_removes_a_model(tmp_path):
+    photos = make_photos(tmp_path / "my rainy photos", n=3, size=(48, 56))
+    result = runner.invoke(app, ["finetune-real", str(photos), "-m", "lpnet", *TINY])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "data/models/lpnet.my_rainy_photos"
+    assert "saved as lpnet.my_rainy_photos" in result.output
+    card = (folder / "card.md").read_text()
+    for expected in ("initialised from | lpnet.rain100l", "3 unlabeled photos", "synthesised", "SIRR", "sha256",
+                     "hardware", "wall time", "loss terms at the end | loss"):
+        assert expected in card, expected
+    pairs = tmp_path / "data/runs/finetune-real/lpnet.my_rainy_photos/pairs"
+    assert len(list((pairs / "rain").glob("*.png"))) == 6  # light + heavy for each photo
+
+    listed = runner.invoke(app, ["models", "list"])
+    assert "lpnet.my_rainy_photos" in listed.output and "yours" in listed.output
+
+    out = tmp_path / "clean.png"
+    used = runner.invoke(app, ["remove", str(photos / "photo0.png"), "-m", "lpnet.my_rainy_photos", "-o", str(out)])
+    assert used.exit_code == 0, used.output
+    assert np.asarray(Image.open(out)).shape == (48, 56, 3)
+
+    again = runner.invoke(app, ["finetune-real", str(photos), "-m", "lpnet", *TINY])
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(app, ["finetune-real", str(photos), "-m", "lpnet", *TINY[:4], "--iterations", "3",
+                                  *TINY[6:], "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "| iterations | 3 " in (folder / "card.md").read_text()
+
+    refused = runner.invoke(app, ["models", "remove", "lpnet.rain100l"])
+    assert refused.exit_code == 2 and "shipped with derain" in refused.output
+    removed = runner.invoke(app, ["models", "remove", "lpnet.my_rainy_photos"])
+    assert removed.exit_code == 0 and not folder.exists()
+    gone = runner.invoke(app, ["remove", str(photos / "photo0.png"), "-m", "lpnet.my_rainy_photos", "-o", str(out)])
+    assert gone.exit_code == 3 and "lpnet.my_rainy_photos" in gone.output
+
+
+def test_moments_with_given_pairs_and_a_tag(tmp_path):
+    from test_training import make_dataset
+
+    photos = make_photos(tmp_path / "photos", n=3)
+    pairs = make_dataset(tmp_path / "pairs", 3)
+    result = runner.invoke(app, ["finetune-real", str(photos), "-m", "msdn", "-a", "moments", "--pairs", str(pairs),
+                                 "--tag", "street", *TINY])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "data/models/msdn.street/card.md").read_text()
+    assert "given with --pairs" in card and "`transform`" in card
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("empty", [], "no images"),
+        ("few", ["--batch-size", "4"], "1 usable photo(s) of 1"),
+        ("small", ["--patch-size", "64"], "0 usable photo(s) of 3 (3 smaller than the 64px patch)"),
+        ("photos", ["-m", "lpnt"], "unknown method 'lpnt'. Did you mean 'lpnet'?"),
+        ("photos", ["-a", "gmm"], "--algorithm must be one of sirr, supervised, moments"),
+        ("photos", ["--tag", "rain100l"], "lpnet.rain100l is a checkpoint shipped with derain"),
+        ("missing", [], "not a folder"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(tmp_path, setup, args, message):
+    folder = tmp_path / setup
+    if setup == "few":
+        make_photos(folder, n=1)
+    elif setup == "small":
+        make_photos(folder, n=3, size=(40, 40))
+    elif setup == "photos":
+        make_photos(folder, n=3)
+    elif setup == "empty":
+        folder.mkdir()
+    result = runner.invoke(app, ["finetune-real", str(folder), *TINY, *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+
+
+def test_unreadable_photos_are_named_and_skipped(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=3)
+    (photos / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    result = runner.invoke(app, ["finetune-real", str(photos), *TINY[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "warning: skipping" in result.output and "truncated.jpg" in result.output
