@@ -65,6 +65,7 @@ class FinetuneRequest:
     patch_size: int | None = None
     lr: float | None = None
     schedule: str | None = None
+    mixture_weight: float | None = None  # SIRR's lambda2 (default: the authors' 0.5)
     val: Path | None = None
     val_every: int = 500
     checkpoint_every: int = 100
@@ -97,14 +98,16 @@ def synthesize_pairs(photos: PhotoSampler, derain: Callable, out: Path, seed: in
     return out
 
 
-def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photos: PhotoSampler):
-    from derain_cli.adaptation import MomentsObjective, SIRRObjective
+def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photos: PhotoSampler,
+                    mixture_weight: float | None = None):
+    from derain_cli.adaptation import MomentsObjective, SIRRObjective, SIRRWeights
     from derain_cli.engine.objectives import SupervisedObjective
 
     if algorithm == "supervised":
         return SupervisedObjective.from_sampler(pairs)
     if algorithm == "sirr":
-        return SIRRObjective(pairs, photos)
+        weights = SIRRWeights() if mixture_weight is None else SIRRWeights(mixture=mixture_weight)
+        return SIRRObjective(pairs, photos, weights=weights)
     return MomentsObjective(pairs, photos, spec.feature_stage)
 
 
@@ -157,7 +160,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         pair_source = (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
                        f"versions of the photos ({len(pair_list)} pairs)")
     pairs = PatchSampler(pair_list, patch_size, batch_size, request.seed)
-    objective = build_objective(spec, request.algorithm, pairs, photos)
+    objective = build_objective(spec, request.algorithm, pairs, photos, request.mixture_weight)
     skipped = len(photo_files) - len(photos)
     config = TrainConfig(
         method=method, data=str(request.photos), out=str(out), iterations=request.iterations,
