@@ -193,6 +193,12 @@ def _merged(picture: Picture) -> np.ndarray:
     return np.concatenate([picture.pixels, picture.alpha], axis=2)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) -> None:
     """Write atomically; the format follows the extension. Raises ImageError."""
     path = Path(path)
@@ -215,6 +221,7 @@ def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) ->
             _write_sixteen_bit(picture, tmp, ext)
         else:
             _write_eight_bit(picture, tmp, ext, quality)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain write would honour the umask
         os.replace(tmp, path)
     except ImageError:
         raise

@@ -110,6 +110,7 @@ def test_exit_codes_for_usage_and_weights_errors(write_picture, tmp_path):
     src = write_picture()
     result = derain("remove", src, "-m", "lpnt")
     assert result.exit_code == 2 and "Did you mean 'lpnet'" in result.output
+    assert "--save-mask" not in result.output  # the error names what the user got wrong
     result = derain("remove", src, "-w", tmp_path / "missing.safetensors")
     assert result.exit_code == 3 and "checkpoint file not found" in result.output
     bad = tmp_path / "wrong.safetensors"

@@ -126,3 +126,15 @@ def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, mon
         write_image(Picture(pixels=rainy_picture()), target)
     assert target.read_bytes() == b"previous result"
     assert os.listdir(tmp_path) == ["out.png"]
+
+
+def test_written_files_get_the_permissions_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_image(Picture(pixels=rainy_picture()), tmp_path / "a.png")
+        os.umask(0o077)
+        write_image(Picture(pixels=rainy_picture()), tmp_path / "b.jpg")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.jpg").stat().st_mode & 0o777 == 0o600

@@ -62,8 +62,9 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     extras = ("mask",) if save_mask else ()
-    try:  # checked before any weights are loaded
-        get_method(split_name(method)[0]).require_outputs(extras)
+    spec = get_method(split_name(method)[0])  # an unknown name is its own error, before any weights load
+    try:
+        spec.require_outputs(extras)
     except UsageError as err:
         raise UsageError(f"--save-mask: {err}") from None
     options = OutputOptions(
