@@ -101,3 +101,27 @@ def test_unreadable_photos_are_named_and_skipped(tmp_path):
     result = runner.invoke(app, ["finetune-real", str(photos), *TINY[:-1]])
     assert result.exit_code == 0, result.output
     assert "warning: skipping" in result.output and "truncated.jpg" in result.output
+
+
+def test_ctrl_c_exits_130_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from derain_cli.engine.training import Trainer
+
+    photos = make_photos(tmp_path / "photos", n=3)
+    original = Trainer.train
+
+    def interrupted(self, on_step=None):
+        def stop_after_first(step, record):
+            if step == 2:
+                raise KeyboardInterrupt
+        return original(self, on_step=stop_after_first)
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    result = runner.invoke(app, ["finetune-real", str(photos), *TINY[:4], "--iterations", "5", *TINY[6:]])
+    assert result.exit_code == 130, result.output
+    assert "--resume" in result.output
+    run = tmp_path / "data/runs/finetune-real/lpnet.photos"
+    assert (run / "last.pth").is_file() and not (tmp_path / "data/models/lpnet.photos").exists()
+    monkeypatch.setattr(Trainer, "train", original)
+    resumed = runner.invoke(app, ["finetune-real", str(photos), *TINY[:4], "--iterations", "5", *TINY[6:], "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (tmp_path / "data/models/lpnet.photos/weights.safetensors").is_file()
