@@ -121,7 +121,7 @@ class SIRRObjective(_SemiSupervised):
         return {
             "objective": (f"SIRR (Wei et al. CVPR 2019): {w.supervised} MSE(synthetic) + {w.mixture} mixture NLL(real "
                           f"residual, K={self.components}, EM {self.em_iterations}/batch) + {w.tv} TV(real output) "
-                          f"+ {w.kl} KL(synthetic rain || closest component)"),
+                          f"+ {w.kl} KL(synthetic rain ‖ closest component)"),
             "batches": f"{self.pairs.batch_size} synthetic + {self.photos.batch_size} real patches per step",
         }
 
@@ -196,6 +196,6 @@ class MomentsObjective(_SemiSupervised):
     def describe(self) -> dict[str, str]:
         return {
             "objective": (f"feature statistics matching (Qiu et al. 2022): supervised loss + {self.weight} x "
-                          f"(||M_s - M_r|| + ||C_s - C_r||_F / d) at `{self.stage}`"),
+                          f"(‖M_s - M_r‖ + ‖C_s - C_r‖_F / d) at `{self.stage}` (per process under DDP)"),
             "batches": f"{self.pairs.batch_size} synthetic + {self.photos.batch_size} real patches per step",
         }

@@ -217,7 +217,8 @@ class PhotoSampler:
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
         """Float tensor (b, 3, P, P) in [0, 1] for this rank at ``step``."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 7_919)
+        # a stream of its own: never the seed PatchSampler uses at any step
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) ^ (1 << 48))
         chosen = torch.randperm(len(self.images), generator=g)[: self.batch_size].tolist()
         patches = [_random_patch((self.images[i],), self.patch_size, g)[0] for i in chosen]
         return _rank_slice(patches, self.batch_size, rank, world_size)

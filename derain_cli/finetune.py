@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from derain_cli.data import PatchSampler, PhotoSampler, find_pairs, find_photos
+from derain_cli.engine.training import SCHEDULES
 from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec, get_method
 from derain_cli.weights.manifest import split_name
@@ -76,25 +77,29 @@ class FinetuneRequest:
     restart: bool = False
 
 
-def synthesize_pairs(photos: PhotoSampler, derain: Callable, out: Path, seed: int,
-                     log: Callable[[str], None]) -> Path:
+def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable], out: Path, seed: int,
+                     signature: str, log: Callable[[str], None]) -> Path:
     """Labeled pairs without anyone's clean photos: rain of every ``derain synth`` style added
-    to the starting model's derained version of each photo. Written once to ``out`` (rain/ +
-    norain/, PNG) and reused by a resumed run (``out/.complete`` marks a finished set)."""
+    to the starting model's derained version of each photo, written to ``out`` (rain/ +
+    norain/, PNG). ``out/.complete`` holds the ``signature`` of the inputs (photos, starting
+    weights, seed, size) that made a finished set; a matching set is reused, any other redone.
+    ``make_derainer()`` is called only when pairs have to be made."""
     from derain_cli.io import Picture, write_image
     from derain_cli.synth import STYLES, add_rain
 
-    if (out / ".complete").is_file():
+    marker = out / ".complete"
+    if marker.is_file() and marker.read_text(encoding="utf-8") == signature:
         return out
+    shutil.rmtree(out, ignore_errors=True)
     log(f"synthesising {len(PAIR_STYLES) * len(photos)} labeled pairs from {len(photos)} derained photos in {out}")
+    derain = make_derainer()
     for name, image in zip(photos.names, photos.images):
         clean = derain(image.permute(1, 2, 0).contiguous().numpy())["image"]
-        stem = Path(name).stem
-        for style in PAIR_STYLES:
-            rainy = add_rain(clean, STYLES[style], seed, zlib.crc32(name.encode()), PAIR_STYLES.index(style))
-            write_image(Picture(pixels=clean), out / "norain" / f"{stem}_{style}.png")
-            write_image(Picture(pixels=rainy), out / "rain" / f"{stem}_{style}.png")
-    (out / ".complete").write_text("")
+        for k, style in enumerate(PAIR_STYLES):
+            rainy = add_rain(clean, STYLES[style], seed, zlib.crc32(name.encode()), k)
+            write_image(Picture(pixels=clean), out / "norain" / f"{name}_{style}.png")
+            write_image(Picture(pixels=rainy), out / "rain" / f"{name}_{style}.png")
+    marker.write_text(signature, encoding="utf-8")
     return out
 
 
@@ -104,7 +109,7 @@ def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photo
     from derain_cli.engine.objectives import SupervisedObjective
 
     if algorithm == "supervised":
-        return SupervisedObjective.from_sampler(pairs)
+        return SupervisedObjective(pairs)
     if algorithm == "sirr":
         weights = SIRRWeights() if mixture_weight is None else SIRRWeights(mixture=mixture_weight)
         return SIRRObjective(pairs, photos, weights=weights)
@@ -117,6 +122,27 @@ def run_folder(name: str) -> Path:
     return runs_dir() / "finetune-real" / name
 
 
+def _check(request: FinetuneRequest) -> None:
+    """Option errors, found before any photo is read."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("finetune-real runs as one process (one device); start it without torchrun")
+    if request.algorithm not in ALGORITHMS:
+        raise UsageError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got '{request.algorithm}'")
+    if request.mixture_weight is not None and request.algorithm != "sirr":
+        raise UsageError("--mixture-weight is a weight of the sirr loss; it does nothing for " + request.algorithm)
+    if request.schedule is not None and request.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{request.schedule}'")
+    for option, value in (("--iterations", request.iterations), ("--batch-size", request.batch_size),
+                          ("--patch-size", request.patch_size), ("--val-every", request.val_every),
+                          ("--checkpoint-every", request.checkpoint_every), ("--max-side", request.max_side)):
+        if value is not None and value < 1:
+            raise UsageError(f"{option} must be at least 1, got {value}")
+    if request.lr is not None and not request.lr > 0:
+        raise UsageError(f"--lr must be positive, got {request.lr}")
+
+
 def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, on_trainer=None,
                   warn: Callable[[str], None] | None = None) -> dict:
     """Adapt, install as the user's model, and return the summary (with ``name`` and ``installed``).
@@ -127,35 +153,33 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     """
     from derain_cli.api import load
     from derain_cli.engine.training import TrainConfig, Trainer
-    from derain_cli.weights.user import install, safe_tag
+    from derain_cli.weights.user import check_installable, install, safe_tag
 
-    if request.algorithm not in ALGORITHMS:
-        raise UsageError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got '{request.algorithm}'")
+    _check(request)
     recipe = ALGORITHMS[request.algorithm]
     method, start_tag = split_name(request.method)
     spec = get_method(method)
-    if not hasattr(spec.build(), "training_loss"):
-        raise UsageError(f"{method} cannot be trained (its network has no training loss)")
     start = request.weights or f"{method}.{start_tag}"
+    name = check_installable(f"{method}.{safe_tag(request.tag or request.photos.resolve().name)}")
     photo_files = find_photos(request.photos)
-    name = f"{method}.{safe_tag(request.tag or request.photos.resolve().name)}"
+    val_pairs = find_pairs(request.val) if request.val else []
     out = run_folder(name)
-    if (out / "last.pth").exists() and not request.resume:
-        if not request.restart:
+    if out.exists() and not request.resume:
+        if (out / "last.pth").exists() and not request.restart:
             raise UsageError(f"{out} already holds a run for {name}; pass --resume to continue it, "
                              "--restart to start again, or choose another --tag")
         shutil.rmtree(out)
     batch_size = request.batch_size or recipe.batch_size
     patch_size = request.patch_size or recipe.patch_size
-    photos = PhotoSampler(photo_files, patch_size, batch_size, request.seed, request.max_side,
-                          warn=warn or log)
+    photos = PhotoSampler(photo_files, patch_size, batch_size, request.seed, request.max_side, warn=warn or log)
 
     if request.pairs is not None:
         pair_source = f"`{request.pairs}` (given with --pairs)"
         pair_list = find_pairs(request.pairs)
     else:
-        restorer = load(method + "." + start_tag, request.weights, device=request.device)
-        folder = synthesize_pairs(photos, restorer.run, out / "pairs", request.seed, log)
+        signature = "\n".join([start, str(request.seed), str(request.max_side), *photos.names])
+        folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
+                                  out / "pairs", request.seed, signature, log)
         pair_list = find_pairs(folder)
         pair_source = (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
                        f"versions of the photos ({len(pair_list)} pairs)")
@@ -164,10 +188,10 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     skipped = len(photo_files) - len(photos)
     config = TrainConfig(
         method=method, data=str(request.photos), out=str(out), iterations=request.iterations,
-        batch_size=batch_size, patch_size=patch_size, lr=request.lr or recipe.lr, schedule=request.schedule or recipe.schedule,
-        val=str(request.val) if request.val else None, val_every=request.val_every,
-        checkpoint_every=request.checkpoint_every, seed=request.seed, device=request.device,
-        tag=name.split(".", 1)[1], init=start,
+        batch_size=batch_size, patch_size=patch_size, lr=request.lr or recipe.lr,
+        schedule=request.schedule or recipe.schedule, val=str(request.val) if request.val else None,
+        val_every=request.val_every, checkpoint_every=request.checkpoint_every, seed=request.seed,
+        device=request.device, tag=name.split(".", 1)[1], init=start,
         extra={
             "command": f"derain finetune-real --algorithm {request.algorithm}",
             "real photos": (f"{len(photos)} unlabeled photos from `{request.photos}`"
@@ -177,7 +201,6 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
             "settings from": recipe.source,
         },
     )
-    val_pairs = find_pairs(request.val) if request.val else []
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
     if request.resume:
         trainer.resume()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import threading
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -194,9 +195,14 @@ def _merged(picture: Picture) -> np.ndarray:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask (reading it means setting it: done under a lock, restored at once)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) -> None:

@@ -36,9 +36,15 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float =
     return 1.0 - ssim_map(x, y, gaussian_window(size, sigma), 1.0).mean()
 
 
+def _samples(x: torch.Tensor) -> torch.Tensor:
+    """Detached, flat, float64 on the CPU: EM runs there (MPS has no float64; N is small)."""
+    return x.detach().flatten().to("cpu", torch.float64)
+
+
 @dataclass
 class ZeroMeanMixture:
-    """K zero-mean Gaussians: ``weights`` (K,) summing to 1 and ``variances`` (K,), float64."""
+    """K zero-mean Gaussians: ``weights`` (K,) summing to 1 and ``variances`` (K,), float64 on
+    the CPU."""
 
     weights: torch.Tensor
     variances: torch.Tensor
@@ -47,16 +53,16 @@ class ZeroMeanMixture:
     def initial(cls, samples: torch.Tensor, components: int = 3) -> "ZeroMeanMixture":
         """Equal weights; variances from ``components`` equal-count groups of the samples sorted
         by magnitude, so small, medium and large residuals each start with their own component."""
-        x = samples.detach().flatten().double()
+        x = _samples(samples)
         groups = torch.sort(x.abs()).values.chunk(components)
         variances = torch.stack([(g * g).mean() for g in groups]).clamp_min(VARIANCE_FLOOR)
         return cls(torch.full((components,), 1.0 / components, dtype=torch.float64), variances)
 
     def log_joint(self, samples: torch.Tensor) -> torch.Tensor:
         """(N, K): log(pi_k) + log N(x_n | 0, var_k)."""
-        x = samples.detach().flatten().double()[:, None]
-        var = self.variances[None].to(x.device)
-        return torch.log(self.weights.to(x.device))[None] - 0.5 * (x * x / var + torch.log(2 * math.pi * var))
+        x = _samples(samples)[:, None]
+        var = self.variances[None]
+        return torch.log(self.weights)[None] - 0.5 * (x * x / var + torch.log(2 * math.pi * var))
 
     def responsibilities(self, samples: torch.Tensor) -> torch.Tensor:
         """(N, K) posterior probability of each component for each sample (E-step)."""
@@ -64,11 +70,11 @@ class ZeroMeanMixture:
 
     def em_step(self, samples: torch.Tensor) -> None:
         """One E-step and M-step (zero means fixed), in place."""
-        x = samples.detach().flatten().double()
+        x = _samples(samples)
         gamma = self.responsibilities(x)
         counts = gamma.sum(0).clamp_min(1e-12)
-        self.weights = (counts / x.numel()).cpu()
-        self.variances = ((gamma * (x * x)[:, None]).sum(0) / counts + VARIANCE_FLOOR).cpu()
+        self.weights = counts / x.numel()
+        self.variances = (gamma * (x * x)[:, None]).sum(0) / counts + VARIANCE_FLOOR
 
     def fit(self, samples: torch.Tensor, iterations: int) -> "ZeroMeanMixture":
         for _ in range(iterations):
@@ -91,10 +97,10 @@ def mixture_nll(residual: torch.Tensor, responsibilities: torch.Tensor, weights:
 
     ``responsibilities`` (N, K), ``weights`` and ``variances`` (K,) are constants (no gradient
     reaches them). With the responsibilities of the current residual this equals the true NLL
-    minus their entropy (a constant), so its gradient is the NLL's: sum_k gamma_nk r_n / var_k.
+    plus their entropy (a constant), so its gradient is the NLL's: sum_k gamma_nk r_n / var_k.
     """
     r = residual.flatten()[:, None]
-    gamma = responsibilities.detach().to(r.dtype)
+    gamma = responsibilities.detach().to(r)
     var = variances.detach().to(r)[None]
     log_prior = torch.log(weights.detach().to(r))[None]
     per_component = r * r / (2 * var) + 0.5 * torch.log(2 * math.pi * var) - log_prior

@@ -53,7 +53,7 @@ def test_mixture_nll_matches_hand_computed_values_and_its_gradient():
     grad = [(0.7 * 0.1 / 0.01 + 0.3 * 0.1 / 0.04) / 2, (0.2 * -0.2 / 0.01 + 0.8 * -0.2 / 0.04) / 2]
     assert r.grad.tolist() == pytest.approx(grad, rel=1e-6)
 
-    # with the posterior responsibilities it is the true NLL minus their entropy
+    # with the posterior responsibilities it is the true NLL plus their entropy
     mixture = ZeroMeanMixture(weights, variances)
     posterior = mixture.responsibilities(r)
     entropy = -(posterior * posterior.log()).sum(1).mean()

@@ -125,3 +125,36 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     resumed = runner.invoke(app, ["finetune-real", str(photos), *TINY[:4], "--iterations", "5", *TINY[6:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "data/models/lpnet.photos/weights.safetensors").is_file()
+
+
+def test_model_names_cannot_reach_outside_the_models_folder(tmp_path):
+    precious = tmp_path / "data" / "precious.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_text("keep me")
+    (tmp_path / "data/models/lpnet.mine").mkdir(parents=True)
+    result = runner.invoke(app, ["models", "remove", "lpnet.mine/../.."])
+    assert result.exit_code == 2 and "only letters, digits" in result.output
+    assert precious.is_file() and (tmp_path / "data/models/lpnet.mine").is_dir()
+
+
+def test_a_broken_model_of_yours_breaks_nothing_else(tmp_path, write_picture):
+    broken = tmp_path / "data/models/lpnet.broken"
+    broken.mkdir(parents=True)
+    (broken / "entry.toml").write_text("sha256 = 12")
+    (tmp_path / "data/models/.lpnet.x.staging").mkdir()  # a leftover of a killed install
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0 and "lpnet.broken" not in listed.output and "staging" not in listed.output
+    src = write_picture()
+    assert runner.invoke(app, ["remove", str(src), "-o", str(tmp_path / "out.png")]).exit_code == 0
+    named = runner.invoke(app, ["remove", str(src), "-m", "lpnet.broken", "-o", str(tmp_path / "o2.png")])
+    assert named.exit_code == 3 and "lpnet.broken/entry.toml: unusable" in " ".join(named.output.split())
+    assert runner.invoke(app, ["models", "remove", "lpnet.broken"]).exit_code == 0 and not broken.exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    photos = make_photos(tmp_path / "photos", n=3)
+    assert runner.invoke(app, ["finetune-real", str(photos), *TINY]).exit_code == 0
+    other = runner.invoke(app, ["finetune-real", str(photos), *TINY, "-a", "moments", "--resume"])
+    assert other.exit_code == 2 and "objective (sirr -> moments)" in other.output
+    faster = runner.invoke(app, ["finetune-real", str(photos), *TINY, "--lr", "0.01", "--resume"])
+    assert faster.exit_code == 2 and "lr (0.001 -> 0.01)" in " ".join(faster.output.split())

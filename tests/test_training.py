@@ -43,7 +43,7 @@ def config(tmp_path: Path, out: str, iterations: int, **kw) -> TrainConfig:
 
 
 def supervised(pairs, cfg: TrainConfig) -> SupervisedObjective:
-    return SupervisedObjective(pairs, cfg.patch_size, cfg.batch_size, cfg.seed)
+    return SupervisedObjective.from_pairs(pairs, cfg.patch_size, cfg.batch_size, cfg.seed)
 
 
 def make_trainer(spec, cfg: TrainConfig, train, val) -> Trainer:

@@ -43,7 +43,7 @@ def finetune_real(
 def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, val,
                    val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet) -> None:
     from derain_cli.cli.train import _progress
-    from derain_cli.errors import UsageError
+    from derain_cli.errors import EXIT_INTERRUPTED, UsageError
     from derain_cli.finetune import FinetuneRequest, finetune_real as run
 
     if resume and restart:
@@ -66,8 +66,9 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
     except KeyboardInterrupt:
         for bar in bars:
             bar.close()
-        say("interrupted: the last checkpoint is kept; continue with the same command and --resume", style="yellow")
-        raise
+        say("interrupted: the last checkpoint written is kept; the same command with --resume continues from it",
+            style="yellow")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     for bar in bars:
         bar.close()
     say(f"done: {summary['steps']} steps in {summary['wall_time_s'] / 60:.1f} min; saved as {summary['name']} "

@@ -62,7 +62,7 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = say if rank0 and not quiet else (lambda message: None)
-    objective = SupervisedObjective(train_pairs, config.patch_size, config.batch_size, config.seed)
+    objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed)
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
     if resume:
         trainer.resume()

@@ -47,14 +47,12 @@ class SupervisedObjective(Objective):
 
     name = "supervised"
 
-    def __init__(self, pairs: list[Pair], patch_size: int, batch_size: int, seed: int = 0) -> None:
-        self.sampler = PatchSampler(pairs, patch_size, batch_size, seed)
+    def __init__(self, sampler: PatchSampler) -> None:
+        self.sampler = sampler
 
     @classmethod
-    def from_sampler(cls, sampler: PatchSampler) -> "SupervisedObjective":
-        objective = cls.__new__(cls)
-        objective.sampler = sampler
-        return objective
+    def from_pairs(cls, pairs: list[Pair], patch_size: int, batch_size: int, seed: int = 0) -> "SupervisedObjective":
+        return cls(PatchSampler(pairs, patch_size, batch_size, seed))
 
     def batch_sizes(self) -> tuple[int, ...]:
         return (self.sampler.batch_size,)

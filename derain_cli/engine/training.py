@@ -167,6 +167,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "objective": self.objective.state_dict(),
+            "objective_name": self.objective.name,
             "step": self.step,
             "best": self.best,
             "history": self.history,
@@ -178,6 +179,7 @@ class Trainer:
         if not self.last_path.is_file():
             raise UsageError(f"--resume: no checkpoint at {self.last_path}")
         state = load_training_state(self.last_path)
+        self._check_same_run(state)
         self.net.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -186,6 +188,18 @@ class Trainer:
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.elapsed_before = state["elapsed"]
         self.log(f"resumed from {self.last_path} at step {self.step}")
+
+    # what a resumed run may change: its length, logging, device and place
+    _RESUMABLE_CHANGES = ("iterations", "val_every", "checkpoint_every", "device", "out", "notes", "extra")
+
+    def _check_same_run(self, state: dict) -> None:
+        saved, now = state.get("config", {}), asdict(self.config)
+        changed = [k for k in now if k not in self._RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
+        if state.get("objective_name", self.objective.name) != self.objective.name:
+            changed.insert(0, f"objective ({state['objective_name']} -> {self.objective.name})")
+        if changed:
+            details = ", ".join(c if c.startswith("objective") else f"{c} ({saved[c]} -> {now[c]})" for c in changed)
+            raise UsageError(f"--resume: {self.last_path} was started with other settings: {details}")
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.started
@@ -314,10 +328,12 @@ def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> st
 def manifest_entry(config: TrainConfig, filename: str, sha: str, summary: dict) -> str:
     best = summary["best"]
     score = f", validation Y-PSNR {best['psnr_y']:.2f} dB / SSIM {best['ssim_y']:.4f} at step {best['step']}" if best else ""
-    trained = (f"derain train on {config.data}: {summary['steps']} iterations, batch {config.batch_size}, "
+    command = config.extra.get("command", "derain train")
+    trained = (f"{command} on {config.data}: {summary['steps']} iterations, batch {config.batch_size}, "
                f"{config.patch_size}px patches, lr {config.lr} ({config.schedule})"
                f"{f', from {config.init}' if config.init else ''}, {summary['hardware']}, "
                f"{summary['wall_time_s'] / 3600:.2f} h{score}")
+    # json strings are valid TOML basic strings (quotes and backslashes escaped)
     return (f"[{config.method}.{config.tag}]\n"
             f'file = "{config.method}_{config.tag}.safetensors"  # copy {filename} here\n'
-            f'sha256 = "{sha}"\nlicense = "MIT"\ntrained = "{trained}"\n')
+            f'sha256 = "{sha}"\nlicense = "MIT"\ntrained = {json.dumps(trained)}\n')

@@ -168,6 +168,10 @@ def resolve(method: str, weights: str | None = None, offline: bool | None = None
     entries = available_entries()
     entry = entries.get(f"{name}.{tag}")
     if entry is None:
+        from derain_cli.weights.user import user_entry
+
+        entry = user_entry(f"{name}.{tag}")  # a broken model of yours is named, not "unknown"
+    if entry is None:
         available = ", ".join(sorted(k for k in entries if k.startswith(name + "."))) or "none yet"
         raise WeightsError(
             f"no checkpoint '{name}.{tag}' in weights.toml (available for {name}: {available}); "

@@ -8,6 +8,7 @@ Every command that takes ``METHOD.TAG`` finds these after the shipped manifest's
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from derain_cli.errors import UsageError, WeightsError
 from derain_cli.weights.manifest import WeightsEntry, load_manifest, split_name
 
 WEIGHTS_FILE, ENTRY_FILE, CARD_FILE = "weights.safetensors", "entry.toml", "card.md"
+_TAG = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def data_dir() -> Path:
@@ -43,55 +45,96 @@ def safe_tag(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-") or "real"
 
 
+def _model_name(name: str) -> str:
+    """``METHOD.TAG`` checked: a known method and a tag of letters, digits, '_' and '-' only
+    (so a name can never reach outside the models folder)."""
+    method, tag = split_name(name)
+    if not _TAG.fullmatch(tag):
+        raise UsageError(f"'{name}': a model tag may hold only letters, digits, '_' and '-'")
+    return f"{method}.{tag}"
+
+
 def _read_entry(folder: Path) -> WeightsEntry:
+    """The entry in ``folder``; WeightsError naming the file when it is unusable."""
     method, _, tag = folder.name.partition(".")
     try:
         table = tomllib.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
-        sha = str(table["sha256"])
-    except (OSError, KeyError, tomllib.TOMLDecodeError) as err:
-        raise WeightsError(f"{folder / ENTRY_FILE}: unreadable ({err}); `derain models remove {folder.name}` deletes it") from None
+        sha = str(table["sha256"]).lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise KeyError("sha256 is not 64 hex digits")
+    except (OSError, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise WeightsError(f"{folder / ENTRY_FILE}: unusable ({err}); `derain models remove {folder.name}` deletes it") from None
     return WeightsEntry(method=method, tag=tag, sha256=sha, license=str(table.get("license", "yours")),
                         trained=str(table.get("trained", "")), path=folder / WEIGHTS_FILE)
 
 
-def user_entries() -> dict[str, WeightsEntry]:
-    """Every user checkpoint by ``method.tag``."""
+def _model_folders() -> list[Path]:
     root = models_dir()
     if not root.is_dir():
-        return {}
-    return {f.name: _read_entry(f) for f in sorted(root.iterdir()) if (f / ENTRY_FILE).is_file()}
+        return []
+    return [f for f in sorted(root.iterdir()) if not f.name.startswith(".") and f.is_dir() and not f.is_symlink()]
+
+
+def user_entries() -> dict[str, WeightsEntry]:
+    """Every usable user checkpoint by ``method.tag``; broken ones are left out here and
+    reported by ``user_entry`` when asked for by name."""
+    entries = {}
+    for folder in _model_folders():
+        try:
+            _model_name(folder.name)
+            entries[folder.name] = _read_entry(folder)
+        except (UsageError, WeightsError):
+            continue
+    return entries
+
+
+def user_entry(name: str) -> WeightsEntry | None:
+    """The user model ``name``, None if there is none; WeightsError if it is broken."""
+    folder = models_dir() / _model_name(name)
+    return _read_entry(folder) if folder.is_dir() else None
 
 
 def install(name: str, weights: Path, sha256: str, trained: str, card: str) -> Path:
     """Copy a trained checkpoint into the data directory as ``name`` (replacing an earlier one
     of that name); refuses the names of shipped checkpoints. Returns its folder."""
-    method, tag = split_name(name)
-    key = f"{method}.{tag}"
+    key = check_installable(name)
+    root = models_dir()
+    target = root / key
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+        try:
+            shutil.copyfile(weights, staging / WEIGHTS_FILE)
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
+            # json strings are valid TOML basic strings (quotes, backslashes, newlines escaped)
+            (staging / ENTRY_FILE).write_text(f"sha256 = {json.dumps(sha256)}\nlicense = \"yours\"\n"
+                                              f"trained = {json.dumps(trained)}\n", encoding="utf-8")
+            retired = root / f".{key}.old"
+            if target.exists():  # swap, so that a crash leaves the old model or the new one
+                shutil.rmtree(retired, ignore_errors=True)
+                target.rename(retired)
+            staging.rename(target)
+            shutil.rmtree(retired, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as err:
+        raise WeightsError(f"cannot save {key} in {root}: {err}") from None
+    return target
+
+
+def check_installable(name: str) -> str:
+    """``name`` as METHOD.TAG if a model of that name may be saved (not a shipped checkpoint)."""
+    key = _model_name(name)
     if key in load_manifest():
         raise UsageError(f"{key} is a checkpoint shipped with derain; choose another --tag")
-    root = models_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
-        shutil.copyfile(weights, staging / WEIGHTS_FILE)
-        (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        trained = trained.replace("\\", "\\\\").replace('"', '\\"')
-        (staging / ENTRY_FILE).write_text(f'sha256 = "{sha256}"\nlicense = "yours"\ntrained = "{trained}"\n', encoding="utf-8")
-        target = root / key
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return key
 
 
 def remove(name: str) -> Path:
     """Delete the user checkpoint ``name``; shipped checkpoints cannot be removed."""
-    method, tag = split_name(name)
-    key = f"{method}.{tag}"
+    key = _model_name(name)
     folder = models_dir() / key
-    if not folder.is_dir():
+    if not folder.is_dir() or folder.is_symlink():
         if key in load_manifest():
             raise UsageError(f"{key} is shipped with derain, not one of your models; it cannot be removed")
         mine = ", ".join(user_entries()) or "none"
