@@ -35,7 +35,8 @@ ALGORITHMS = {
     "sirr": AlgorithmRecipe(
         lr=1e-3, schedule="steps", batch_size=20, patch_size=64,
         source="Wei et al. CVPR 2019 (authors' code): Adam 1e-3 decayed x0.1 after 1/3 and 2/3 of the run, "
-        "20 synthetic + 20 real 64x64 patches, lambda = (1, 0.5, 1e-5, 1e-9)",
+        "20 synthetic + 20 real 64x64 patches, lambda = (1, 0.5, 1e-5, 1e-9); derain's lambda2 is 5e-3 "
+        "(at 0.5 the network collapses to the identity, docs/adaptation.md)",
     ),
     # the control of both: the same synthetic pairs and schedule, the real photos unused
     "supervised": AlgorithmRecipe(

@@ -22,7 +22,7 @@ def finetune_real(
     patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: 64.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the algorithm's (sirr 1e-3 with x0.1 steps, moments 5e-4).")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or steps (x0.1 after 1/3 and 2/3). Default: the algorithm's.")] = None,
-    mixture_weight: Annotated[float | None, typer.Option(help="sirr: weight of the mixture NLL term (lambda2). Default: the authors' 0.5.")] = None,
+    mixture_weight: Annotated[float | None, typer.Option(help="sirr: weight of the mixture NLL term (lambda2). Default 5e-3; the authors' 0.5 collapses the network to the identity (docs/adaptation.md).")] = None,
     val: Annotated[Path | None, typer.Option(help="Paired folder to validate on (keeps the best step); default: none, the last step is kept.")] = None,
     val_every: Annotated[int, typer.Option(help="Validate and log every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N steps.")] = 100,
