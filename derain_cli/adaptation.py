@@ -59,18 +59,12 @@ class _SemiSupervised(Objective):
         return {"rainy": rainy, "clean": clean, "real": self.photos.batch(step, rank, world_size)}
 
 
-AUTHORS_MIXTURE_WEIGHT = 0.5
-
-
 @dataclass(frozen=True)
 class SIRRWeights:
-    """Loss weights lambda 1..4: the SIRR authors', but for the mixture term. At their 0.5 the
-    mixture NLL outweighs the supervised term by orders of magnitude: EM follows the shrinking
-    residual, its variances fall to the floor and the network collapses to the identity
-    (measured: docs/adaptation.md). 5e-3 keeps the terms' gradients of one order."""
+    """The SIRR authors' loss weights lambda 1..4."""
 
     supervised: float = 1.0
-    mixture: float = 5e-3
+    mixture: float = 0.5
     tv: float = 1e-5
     kl: float = 1e-9
 
@@ -83,10 +77,16 @@ class SIRRObjective(_SemiSupervised):
     name = "sirr"
 
     def __init__(self, pairs: PatchSampler, photos: PhotoSampler, components: int = 3, em_iterations: int = 1,
-                 first_em_iterations: int = 20, weights: SIRRWeights = SIRRWeights()) -> None:
+                 first_em_iterations: int = 20, weights: SIRRWeights = SIRRWeights(), scale_free: bool = True) -> None:
         super().__init__(pairs, photos)
         self.components, self.em_iterations, self.first_em_iterations = components, em_iterations, first_em_iterations
         self.weights = weights
+        # The NLL's gradient is sum_k gamma_k r / var_k: as the residual shrinks, EM shrinks the
+        # variances and the pull towards r = 0 grows without bound, until the network is the
+        # identity (measured, docs/adaptation.md). Scaling the term by the mixture's own
+        # variance sum_k pi_k var_k (a constant) keeps its shape -- small components pull
+        # harder than the rain's -- but makes its strength independent of the residual's scale.
+        self.scale_free = scale_free
         self.mixture: ZeroMeanMixture | None = None
 
     def refit(self, residual: torch.Tensor) -> ZeroMeanMixture:
@@ -109,7 +109,8 @@ class SIRRObjective(_SemiSupervised):
         synthetic_std = (batch["rainy"] - synthetic).pow(2).mean().clamp_min(1e-12).sqrt()  # zero-mean Gaussian
         stds = mixture.variances.sqrt().to(synthetic_std)
         kl = gaussian_kl(synthetic_std, stds).min()
-        loss = w.supervised * supervised + w.mixture * nll + w.tv * tv + w.kl * kl
+        scale = (mixture.weights * mixture.variances).sum().item() if self.scale_free else 1.0
+        loss = w.supervised * supervised + w.mixture * scale * nll + w.tv * tv + w.kl * kl
         terms = {"loss": loss, "mse": supervised.detach(), "nll": nll.detach(), "tv": tv.detach(), "kl": kl.detach()}
         for k in range(self.components):
             terms[f"pi{k + 1}"] = mixture.weights[k].float()
@@ -125,7 +126,8 @@ class SIRRObjective(_SemiSupervised):
     def describe(self) -> dict[str, str]:
         w = self.weights
         return {
-            "objective": (f"SIRR (Wei et al. CVPR 2019): {w.supervised} MSE(synthetic) + {w.mixture} mixture NLL(real "
+            "objective": (f"SIRR (Wei et al. CVPR 2019): {w.supervised} MSE(synthetic) + {w.mixture} "
+                          f"{'x mixture variance ' if self.scale_free else ''}x mixture NLL(real "
                           f"residual, K={self.components}, EM {self.em_iterations}/batch) + {w.tv} TV(real output) "
                           f"+ {w.kl} KL(synthetic rain ‖ closest component)"),
             "batches": f"{self.pairs.batch_size} synthetic + {self.photos.batch_size} real patches per step",

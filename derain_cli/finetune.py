@@ -35,8 +35,8 @@ ALGORITHMS = {
     "sirr": AlgorithmRecipe(
         lr=1e-3, schedule="steps", batch_size=20, patch_size=64,
         source="Wei et al. CVPR 2019 (authors' code): Adam 1e-3 decayed x0.1 after 1/3 and 2/3 of the run, "
-        "20 synthetic + 20 real 64x64 patches, lambda = (1, 0.5, 1e-5, 1e-9); derain's lambda2 is 5e-3 "
-        "(at 0.5 the network collapses to the identity, docs/adaptation.md)",
+        "20 synthetic + 20 real 64x64 patches, lambda = (1, 0.5, 1e-5, 1e-9); the mixture term scaled by the "
+        "mixture's variance unless --raw-mixture-nll (unscaled, the network collapses to the identity)",
     ),
     # the control of both: the same synthetic pairs and schedule, the real photos unused
     "supervised": AlgorithmRecipe(
@@ -68,6 +68,7 @@ class FinetuneRequest:
     lr: float | None = None
     schedule: str | None = None
     mixture_weight: float | None = None  # SIRR's lambda2 (default: the authors' 0.5)
+    scale_free: bool = True  # SIRR's mixture term scaled by the mixture's variance (adaptation.py)
     val: Path | None = None
     val_every: int = 500
     checkpoint_every: int = 100
@@ -105,7 +106,7 @@ def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable]
 
 
 def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photos: PhotoSampler,
-                    mixture_weight: float | None = None):
+                    mixture_weight: float | None = None, scale_free: bool = True):
     from derain_cli.adaptation import MomentsObjective, SIRRObjective, SIRRWeights
     from derain_cli.engine.objectives import SupervisedObjective
 
@@ -113,7 +114,7 @@ def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photo
         return SupervisedObjective(pairs)
     if algorithm == "sirr":
         weights = SIRRWeights() if mixture_weight is None else SIRRWeights(mixture=mixture_weight)
-        return SIRRObjective(pairs, photos, weights=weights)
+        return SIRRObjective(pairs, photos, weights=weights, scale_free=scale_free)
     return MomentsObjective(pairs, photos, spec.feature_stage)
 
 
@@ -131,8 +132,9 @@ def _check(request: FinetuneRequest) -> None:
         raise UsageError("finetune-real runs as one process (one device); start it without torchrun")
     if request.algorithm not in ALGORITHMS:
         raise UsageError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, got '{request.algorithm}'")
-    if request.mixture_weight is not None and request.algorithm != "sirr":
-        raise UsageError("--mixture-weight is a weight of the sirr loss; it does nothing for " + request.algorithm)
+    if (request.mixture_weight is not None or not request.scale_free) and request.algorithm != "sirr":
+        raise UsageError("--mixture-weight and --raw-mixture-nll shape the sirr loss; they do nothing for "
+                         + request.algorithm)
     if request.schedule is not None and request.schedule not in SCHEDULES:
         raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got '{request.schedule}'")
     for option, value in (("--iterations", request.iterations), ("--batch-size", request.batch_size),
@@ -160,6 +162,8 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     recipe = ALGORITHMS[request.algorithm]
     method, start_tag = split_name(request.method)
     spec = get_method(method)
+    if request.algorithm == "moments" and spec.feature_stage is None:
+        raise UsageError(f"{method} declares no feature stage, so --algorithm moments cannot adapt it; use sirr")
     start = request.weights or f"{method}.{start_tag}"
     name = check_installable(f"{method}.{safe_tag(request.tag or request.photos.resolve().name)}")
     photo_files = find_photos(request.photos)
@@ -185,7 +189,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         pair_source = (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
                        f"versions of the photos ({len(pair_list)} pairs)")
     pairs = PatchSampler(pair_list, patch_size, batch_size, request.seed)
-    objective = build_objective(spec, request.algorithm, pairs, photos, request.mixture_weight)
+    objective = build_objective(spec, request.algorithm, pairs, photos, request.mixture_weight, request.scale_free)
     skipped = len(photo_files) - len(photos)
     config = TrainConfig(
         method=method, data=str(request.photos), out=str(out), iterations=request.iterations,

@@ -145,8 +145,9 @@ def test_every_sirr_term_reaches_the_network_and_em_runs_on_every_batch(tmp_path
     objective, net = trainer.objective, trainer.net
     batch = objective.batch(0)
     terms = objective.losses(net, batch)
-    w = SIRRWeights()
-    weighted = w.supervised * terms["mse"] + w.mixture * terms["nll"] + w.tv * terms["tv"] + w.kl * terms["kl"]
+    w, m = SIRRWeights(), objective.mixture
+    scale = (m.weights * m.variances).sum().item()  # the scale-free mixture term
+    weighted = w.supervised * terms["mse"] + w.mixture * scale * terms["nll"] + w.tv * terms["tv"] + w.kl * terms["kl"]
     assert terms["loss"].item() == pytest.approx(weighted.item(), rel=1e-5)
     fitted = objective.mixture.state_dict()
     for alone in ("supervised", "mixture", "tv", "kl"):
@@ -201,3 +202,23 @@ def test_photo_folder_errors_name_the_problem(tmp_path):
                                                           for w in warnings)
     batch = sampler.batch(0)
     assert batch.shape == (2, 3, 32, 32) and torch.equal(batch, sampler.batch(0))
+
+
+def test_the_scale_free_mixture_term_cannot_run_away_as_the_residual_shrinks():
+    """With EM refitted on the residual, the raw NLL pulls harder the smaller the residual
+    (gradient x 1/c when the residual is scaled by c): the runaway that collapses SIRR to the
+    identity. Scaled by the mixture's variance, the pull shrinks with the residual (x c)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(20_000, generator=g) * torch.where(torch.rand(20_000, generator=g) < 0.2, 0.3, 0.05)
+
+    def pull(residual: torch.Tensor, scale_free: bool) -> torch.Tensor:
+        mixture = ZeroMeanMixture.initial(residual, 3).fit(residual, 30)
+        r = residual.clone().requires_grad_(True)
+        nll = mixture_nll(r, mixture.responsibilities(r), mixture.weights, mixture.variances)
+        scale = (mixture.weights * mixture.variances).sum().item() if scale_free else 1.0
+        (scale * nll).backward()
+        return r.grad.abs().mean()
+
+    c = 0.2  # small components stay well above the variance floor
+    assert pull(c * base, False) / pull(base, False) == pytest.approx(1 / c, rel=0.05)
+    assert pull(c * base, True) / pull(base, True) == pytest.approx(c, rel=0.05)

@@ -22,7 +22,8 @@ def finetune_real(
     patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: 64.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the algorithm's (sirr 1e-3 with x0.1 steps, moments 5e-4).")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or steps (x0.1 after 1/3 and 2/3). Default: the algorithm's.")] = None,
-    mixture_weight: Annotated[float | None, typer.Option(help="sirr: weight of the mixture NLL term (lambda2). Default 5e-3; the authors' 0.5 collapses the network to the identity (docs/adaptation.md).")] = None,
+    mixture_weight: Annotated[float | None, typer.Option(help="sirr: weight of the mixture NLL term (lambda2). Default: the authors' 0.5.")] = None,
+    raw_mixture_nll: Annotated[bool, typer.Option("--raw-mixture-nll", help="sirr: the authors' unscaled mixture term (collapses the network to the identity; see docs/adaptation.md).")] = False,
     val: Annotated[Path | None, typer.Option(help="Paired folder to validate on (keeps the best step); default: none, the last step is kept.")] = None,
     val_every: Annotated[int, typer.Option(help="Validate and log every N steps.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N steps.")] = 100,
@@ -40,7 +41,7 @@ def finetune_real(
         _finetune_real(**locals())
 
 
-def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, val,
+def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, raw_mixture_nll, val,
                    val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet) -> None:
     from derain_cli.cli.train import _progress
     from derain_cli.errors import EXIT_INTERRUPTED, UsageError
@@ -50,7 +51,7 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
         raise UsageError("--resume and --restart exclude each other")
     request = FinetuneRequest(
         photos=photos, method=method, algorithm=algorithm, weights=weights, pairs=pairs, tag=tag, iterations=iterations,
-        batch_size=batch_size, patch_size=patch_size, lr=lr, schedule=schedule, mixture_weight=mixture_weight, val=val, val_every=val_every,
+        batch_size=batch_size, patch_size=patch_size, lr=lr, schedule=schedule, mixture_weight=mixture_weight, scale_free=not raw_mixture_nll, val=val, val_every=val_every,
         checkpoint_every=checkpoint_every, max_side=max_side, seed=seed, device=device, resume=resume, restart=restart,
     )
     log = (lambda message: None) if quiet else say

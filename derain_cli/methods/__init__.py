@@ -51,7 +51,8 @@ class MethodSpec:
             norm uses the image's own mean and variance): such pictures are never tiled.
         feature_stage: the sub-module (dotted name) whose output is the network's early
             feature representation, where ``finetune-real --algorithm moments`` matches the
-            statistics of synthetic and real rain (its first call in a forward pass).
+            statistics of synthetic and real rain (its first call in a forward pass);
+            None: the method cannot be adapted that way.
     """
 
     name: str
@@ -64,9 +65,9 @@ class MethodSpec:
     half_safe: bool
     default_tag: str
     recipe: TrainingRecipe
-    feature_stage: str
     outputs: tuple[str, ...] = field(default=("image",))
     tileable: bool = True
+    feature_stage: str | None = None
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
