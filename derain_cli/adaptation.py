@@ -13,7 +13,8 @@ Where the SIRR authors' code departs from the paper, the paper's intent is follo
 docs/adaptation.md): the KL uses standard deviations (their code passes variances as scales),
 its synthetic Gaussian is the network's synthetic rain estimate x_s - f(x_s) (theirs is
 x_s - y_s, a constant, so the term has no gradient), and the first mixture is fitted on the
-starting network's residuals (theirs on raw patches).
+starting network's residuals (theirs on raw patches). The mixture term is scaled by the
+mixture's variance by default: unscaled, it collapses the network to the identity (measured).
 """
 
 from __future__ import annotations
