@@ -23,8 +23,9 @@ needs_shared = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory, monkeypatch):
-    """Every test gets its own weights cache and no ambient Hub settings."""
+    """Every test gets its own weights cache and data directory, and no ambient Hub settings."""
     monkeypatch.setenv("DERAIN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("DERAIN_DATA_DIR", str(tmp_path_factory.mktemp("data")))
     for name in ("HF_HUB_OFFLINE", "HF_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
 
