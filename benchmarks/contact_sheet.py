@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from derain_cli.api import load
-from derain_cli.data import _shrink, find_photos
+from derain_cli.data import find_photos, shrink
 from derain_cli.io import read_image
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     restorers = [load(m, device=args.device) for m in args.method]
     rows = []
     for path in chosen:
-        rgb = _shrink(read_image(path).rgb8, args.max_side)
+        rgb = shrink(read_image(path).rgb8, args.max_side)
         tiles = [("input " + path.name, rgb)] + [(m, r.run(rgb)["image"]) for m, r in zip(args.method, restorers)]
         row = []
         for text, image in tiles:

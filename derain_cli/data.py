@@ -163,7 +163,8 @@ def find_photos(folder: str | Path) -> list[Path]:
     return photos
 
 
-def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
+def shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """(H, W, 3) uint8 downscaled (area) so its longest side is at most max_side."""
     scale = max_side / max(rgb.shape[:2])
     if scale >= 1:
         return rgb
@@ -193,7 +194,7 @@ class PhotoSampler:
         unreadable = small = 0
         for path in photos:
             try:
-                rgb = _shrink(read_image(path).rgb8, max_side)
+                rgb = shrink(read_image(path).rgb8, max_side)
             except DerainError as err:  # ImageError names the file and the reason
                 warn(f"skipping {err}")
                 unreadable += 1

@@ -43,7 +43,7 @@ def finetune_real(
 
 def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, raw_mixture_nll, val,
                    val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet) -> None:
-    from derain_cli.cli.train import _progress
+    from derain_cli.cli.train import training_progress
     from derain_cli.errors import EXIT_INTERRUPTED, UsageError
     from derain_cli.finetune import FinetuneRequest, finetune_real as run
 
@@ -58,7 +58,7 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
     bars = []
 
     def progress(trainer):
-        bars.append(_progress(trainer, iterations, not quiet and console.is_terminal, log, label=algorithm))
+        bars.append(training_progress(trainer, iterations, not quiet and console.is_terminal, log, label=algorithm))
         return bars[0]
 
     try:

@@ -69,7 +69,7 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     log(f"training {spec.name} on {len(train_pairs)} pairs ({len(val_pairs)} for validation), "
         f"{trainer.world_size} process(es) on {trainer.device}; run folder {out}")
     show_bar = rank0 and not quiet and console.is_terminal
-    progress = _progress(trainer, config.iterations, show_bar, log)
+    progress = training_progress(trainer, config.iterations, show_bar, log)
     try:
         summary = trainer.train(on_step=progress)
     finally:
@@ -85,7 +85,7 @@ def _terms(record: dict) -> str:
     return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "lr", "elapsed_s"))
 
 
-def _progress(trainer, total: int, show_bar: bool, log, label: str = "train"):
+def training_progress(trainer, total: int, show_bar: bool, log, label: str = "train"):
     """A per-step callback: a rich bar with every loss term on a terminal, else one log line
     per validation / log point. ``on_step.close()`` stops the bar (also after Ctrl-C)."""
     if not show_bar:
