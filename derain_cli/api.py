@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_job
+from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs
 from derain_cli.engine.inference import DEFAULT_TILE, InferenceEngine
 from derain_cli.methods import MethodSpec, get_method
 from derain_cli.weights.loading import load_into, read_state_dict
@@ -101,26 +101,29 @@ def derain_paths(
     restorer: Restorer | None = None,
     options: OutputOptions | None = None,
     on_result: Callable[[FileResult], None] | None = None,
+    workers: int = 2,
     **load_options,
 ) -> list[FileResult]:
-    """Derain files, folders and globs; returns one FileResult per input (inputs refused
-    while planning outputs first, then the others in input order).
+    """Derain files, folders and globs; returns one FileResult per entry: folder entries
+    that are not pictures (skipped, with the reason) and inputs refused while planning
+    outputs first, then the others in input order.
 
-    ``output`` overrides ``options.output``; ``load_options`` go to ``load`` when no
-    ``restorer`` is given. A bad file yields a failed result, never an exception.
+    ``output`` overrides ``options.output``; ``workers`` decode/encode threads (0: none);
+    ``load_options`` go to ``load`` when no ``restorer`` is given. A bad file yields a
+    failed result, never an exception.
     """
     options = options or OutputOptions()
     if output is not None:
         options = OutputOptions(**{**options.__dict__, "output": Path(output)})
     found = collect_inputs([str(p) for p in inputs], options.recursive, exclude=options.output)
-    jobs, results = plan_jobs(found, options)
-    for failed in results:
+    jobs, refused = plan_jobs(found.files, options)
+    results = found.skipped + refused
+    for early in results:
         if on_result:
-            on_result(failed)
+            on_result(early)
     restorer = restorer or load(**load_options)
     restorer.spec.require_outputs(options.extras)
-    for job in jobs:
-        result = run_job(job, restorer.run, options)
+    for result in run_jobs(jobs, restorer.run, options, workers):
         results.append(result)
         if on_result:
             on_result(result)

@@ -8,15 +8,19 @@ never overwrite an input; an existing output is an error unless ``overwrite`` or
 from __future__ import annotations
 
 import glob
+import hashlib
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from derain_cli.errors import UsageError
-from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, write_image
+from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, remove_stale_temporaries, write_image
 
 DEFAULT_SUFFIX = "_derained"
 
@@ -56,9 +60,14 @@ class FileResult:
     seconds: float = 0.0
     width: int | None = None
     height: int | None = None
+    reason: str | None = None  # why it was skipped: exists, unsupported format, broken link, ...
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def skipped(source: Path, reason: str, output: Path | None = None) -> FileResult:
+    return FileResult(str(source), None if output is None else str(output), "skipped", reason=reason)
 
 
 @dataclass(frozen=True)
@@ -73,33 +82,75 @@ class Job:
         return (self.target, *(path for _, path in self.extras))
 
 
-def _is_candidate(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+@dataclass
+class Inputs:
+    """What the command line named: files to process, and folder or pattern entries that are not."""
+
+    files: list[tuple[Path, Path]]  # (file, path relative to its root folder)
+    skipped: list[FileResult]
 
 
-def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path | None = None) -> list[tuple[Path, Path]]:
-    """(file, path relative to its root folder) pairs, in order, without duplicates.
+def why_not_a_picture(path: Path, recursive: bool = False) -> str | None:
+    """Why an entry found in a folder or by a pattern is not derained; None for a picture."""
+    if path.name.startswith("."):
+        return "hidden"
+    if path.is_symlink() and not path.exists():
+        return "broken link"
+    if path.is_dir():
+        if recursive and path.is_symlink():
+            return "linked folder (not followed)"
+        return "folder" if recursive else "folder (use -r)"
+    if not path.is_file():
+        return "not a file"
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "unsupported format"
+    return None
 
-    A path that does not exist is kept (its job fails with a clear message) so that a
-    typo is reported rather than silently dropped. ``exclude`` (the output folder) is
-    skipped when it lies inside an input folder.
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every entry below ``folder``; hidden folders are yielded but not entered."""
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            if name.startswith(".") or Path(root, name).is_symlink():
+                yield Path(root, name)  # reported (hidden; a linked folder is not followed)
+        folders[:] = sorted(n for n in folders if not n.startswith(".") and not Path(root, n).is_symlink())
+        yield from (Path(root, name) for name in files)
+
+
+def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path | None = None) -> Inputs:
+    """Expand files, folders and glob patterns, in order, without duplicates.
+
+    A path named on the command line is always kept, even when it does not exist (its job
+    then fails with a clear message), so that a typo is reported rather than dropped.
+    Entries of folders and patterns that are not pictures become skipped results with the
+    reason. ``exclude`` (the output folder) is left out when it lies inside an input folder.
     """
     found: list[tuple[Path, Path]] = []
+    skips: list[FileResult] = []
+
+    def sort_out(entries: Iterable[Path], relative_to: Path | None) -> list[Path]:
+        pictures = []
+        for entry in sorted(entries):
+            reason = why_not_a_picture(entry, recursive)
+            if reason is None:
+                pictures.append(entry)
+            elif not (recursive and reason == "folder"):  # -r walks into folders: nothing skipped
+                skips.append(skipped(entry, reason))
+        found.extend((f, f.relative_to(relative_to) if relative_to else Path(f.name)) for f in pictures)
+        return pictures
+
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir():
-            walker = path.rglob("*") if recursive else path.iterdir()
-            files = sorted(f for f in walker if _is_candidate(f))
+            entries = _walk(path) if recursive else path.iterdir()
             if exclude is not None and path.resolve() in exclude.resolve().parents:
-                files = [f for f in files if exclude.resolve() not in f.resolve().parents]
-            if not files:
+                out = exclude.resolve()
+                entries = [e for e in entries if e.resolve() != out and out not in e.resolve().parents]
+            if not sort_out(entries, path):
                 raise UsageError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) found" + ("" if recursive else " (use -r for sub-folders)"))
-            found.extend((f, f.relative_to(path)) for f in files)
-        elif not path.exists() and glob.has_magic(spec):
-            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True) if _is_candidate(Path(m)))
-            if not matches:
+        elif not path.exists() and not path.is_symlink() and glob.has_magic(spec):
+            if not sort_out((Path(m) for m in glob.glob(spec, recursive=True)), None):
                 raise UsageError(f"'{spec}': no image matches this pattern")
-            found.extend((m, Path(m.name)) for m in matches)
         else:
             found.append((path, Path(path.name)))
     unique, seen = [], set()
@@ -108,7 +159,7 @@ def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path 
         if key not in seen:
             seen.add(key)
             unique.append((source, rel))
-    return unique
+    return Inputs(unique, skips)
 
 
 def _normalise_ext(ext: str | None, fallback: str) -> str:
@@ -158,30 +209,136 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
     return jobs, failures
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` of ``count`` (0-based, as Slurm arrays and Kubernetes indexed Jobs count).
+
+    An input belongs to the shard its path hashes to, so every worker of an array job
+    agrees without talking to the others, whatever order it lists the folder in.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise UsageError(f"--shard takes K/N (worker K of N, 0 <= K < N), got '{text}'") from None
+        if count < 1 or not 0 <= index < count:
+            raise UsageError(f"--shard {text}: K must be in 0..N-1 (0-based, like $SLURM_ARRAY_TASK_ID from --array=0-{max(count, 1) - 1})")
+        return cls(index, count)
+
+    def owns(self, source: str | Path) -> bool:
+        if self.count == 1:
+            return True
+        digest = hashlib.blake2b(Path(source).as_posix().encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+
+def _failed(job: Job, err: Exception) -> str:
+    message = str(err)
+    if str(job.source) not in message and not any(str(path) in message for path in job.outputs):
+        message = f"{job.source}: {type(err).__name__}: {message}"
+    return message
+
+
+def _read(job: Job, options: OutputOptions) -> Picture | FileResult:
+    """Stage 1: decide whether the job runs, and decode its input."""
+    if job.target.exists() and options.skip_existing:
+        return skipped(job.source, "exists", job.target)
+    for path in job.outputs:
+        if path.exists() and not options.overwrite:
+            raise UsageError(f"{path}: output exists (use --overwrite or --skip-existing)")
+    return read_image(job.source, options.max_pixels)
+
+
+def _write(job: Job, picture: Picture, outputs: dict[str, np.ndarray], options: OutputOptions) -> None:
+    """Stage 3: encode the results atomically (after clearing an interrupted run's leftovers)."""
+    for path in job.outputs:
+        remove_stale_temporaries(path)
+    write_image(picture.with_rgb(outputs["image"]), job.target, options.quality)
+    for name, path in job.extras:  # one-channel maps (a rain mask) as grayscale PNG
+        write_image(Picture(np.ascontiguousarray(outputs[name])), path)
+
+
 def run_job(job: Job, derain: Callable, options: OutputOptions) -> FileResult:
     """Read, derain and write one file; every failure becomes a failed FileResult."""
+    return next(run_jobs([job], derain, options, workers=0))
+
+
+def run_jobs(jobs: Iterable[Job], derain: Callable, options: OutputOptions, workers: int = 2) -> Iterator[FileResult]:
+    """Run jobs, yielding one result per job in order; a bad file never stops the others.
+
+    With ``workers`` > 0, decoding of the next files and encoding of finished ones run in
+    that many threads each while the network works on the current picture (Pillow, OpenCV
+    and torch release the GIL). At most ``workers`` decoded pictures wait ahead and
+    ``workers`` finished ones wait to be written, so memory stays bounded. ``derain`` is
+    always called from the calling thread, one picture at a time.
+    """
+    if workers <= 0:
+        for job in jobs:
+            yield _run_inline(job, derain, options)
+        return
+    readers = ThreadPoolExecutor(workers, thread_name_prefix="derain-read")
+    writers = ThreadPoolExecutor(workers, thread_name_prefix="derain-write")
+    reading: deque = deque()
+    writing: deque = deque()
+    pending = iter(jobs)
+    try:
+        while True:
+            while len(reading) < workers and (job := next(pending, None)) is not None:
+                reading.append((job, time.perf_counter(), readers.submit(_read, job, options)))
+            if not reading:
+                break
+            job, start, future = reading.popleft()
+            result = FileResult(str(job.source), str(job.target), "ok")
+            try:
+                picture = future.result()
+                if isinstance(picture, FileResult):
+                    writing.append((job, picture, start, None))
+                else:
+                    result.height, result.width = picture.pixels.shape[:2]
+                    outputs = derain(picture.rgb)
+                    writing.append((job, result, start, writers.submit(_write, job, picture, outputs, options)))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad file must never abort the batch
+                result.status, result.error = "failed", _failed(job, err)
+                writing.append((job, result, start, None))
+            while writing and (len(writing) > workers or writing[0][3] is None or writing[0][3].done()):
+                yield _settle(*writing.popleft())
+        while writing:
+            yield _settle(*writing.popleft())
+    finally:  # Ctrl-C: drop what has not started; writes under way finish (they are atomic)
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle(job: Job, result: FileResult, start: float, write: Future | None) -> FileResult:
+    """The job's final result, once its write (if any) has finished."""
+    if write is not None:
+        try:
+            write.result()
+        except Exception as err:  # noqa: BLE001 - a failed write fails this file only
+            result.status, result.error = "failed", _failed(job, err)
+    result.seconds = round(time.perf_counter() - start, 4)
+    return result
+
+
+def _run_inline(job: Job, derain: Callable, options: OutputOptions) -> FileResult:
     start = time.perf_counter()
     result = FileResult(str(job.source), str(job.target), "ok")
     try:
-        if job.target.exists():
-            if options.skip_existing:
-                result.status = "skipped"
-                return result
-        for path in job.outputs:
-            if path.exists() and not options.overwrite:
-                raise UsageError(f"{path}: output exists (use --overwrite or --skip-existing)")
-        picture = read_image(job.source, options.max_pixels)
+        picture = _read(job, options)
+        if isinstance(picture, FileResult):
+            return picture
         result.height, result.width = picture.pixels.shape[:2]
-        outputs = derain(picture.rgb)
-        write_image(picture.with_rgb(outputs["image"]), job.target, options.quality)
-        for name, path in job.extras:  # one-channel maps (a rain mask) as grayscale PNG
-            write_image(Picture(np.ascontiguousarray(outputs[name])), path)
+        _write(job, picture, derain(picture.rgb), options)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # noqa: BLE001 - one bad file must never abort the batch
-        message = str(err)
-        if str(job.source) not in message and str(job.target) not in message:
-            message = f"{job.source}: {type(err).__name__}: {message}"
-        result.status, result.error = "failed", message
+        result.status, result.error = "failed", _failed(job, err)
     result.seconds = round(time.perf_counter() - start, 4)
     return result

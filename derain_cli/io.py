@@ -10,6 +10,7 @@ the destination folder, renamed over the target only once it is complete.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -134,6 +135,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                 width, height = im.size
                 if width * height > max_pixels:
                     raise _bomb(path, f"{width}x{height}", max_pixels)
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    raise _fail(path, f"animated image ({frames} frames): derain takes still pictures")
                 exif = im.getexif()
                 orientation = int(exif.get(_ORIENTATION, 1) or 1)
                 icc = im.info.get("icc_profile")
@@ -203,6 +207,26 @@ def _umask() -> int:
 
 
 _UMASK_LOCK = threading.Lock()
+
+
+def _temporary_name(path: Path) -> re.Pattern:
+    """The names write_image's temporaries of ``path`` get (mkstemp adds 8 random characters)."""
+    return re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}\.derain-tmp{re.escape(path.suffix.lower())}")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Delete temporaries of ``path`` left by a write that was killed (SIGKILL, power loss).
+
+    Only this target's own temporaries match, so other files' writes are never touched.
+    """
+    path = Path(path)
+    pattern = _temporary_name(path)
+    try:
+        names = [name for name in os.listdir(path.parent) if pattern.fullmatch(name)]
+    except OSError:
+        return  # no folder yet: nothing left over
+    for name in names:
+        Path(path.parent, name).unlink(missing_ok=True)
 
 
 def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -38,6 +39,11 @@ def remove(
     tile: Annotated[int, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once.")] = 512,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (100 = lossless WebP).")] = 95,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).")] = 250_000_000,
+    shard: Annotated[
+        str | None,
+        typer.Option(metavar="K/N", help="Process only worker K's share of N (0-based; split by path hash, no coordination needed)."),
+    ] = None,
+    jobs: Annotated[int, typer.Option("-j", "--jobs", min=0, help="Decode/encode threads overlapping the network (0: none).")] = 2,
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON line per file on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr; no progress bar.")] = False,
@@ -53,9 +59,9 @@ def remove(
 
 
 def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, save_mask, device,
-            precision, tile, quality, max_pixels, offline, json_lines, quiet) -> int:
+            precision, tile, quality, max_pixels, shard, jobs, offline, json_lines, quiet) -> int:
     from derain_cli.api import load
-    from derain_cli.batch import OutputOptions, collect_inputs, plan_jobs, run_job
+    from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs
     from derain_cli.methods import get_method
     from derain_cli.weights.manifest import split_name
 
@@ -71,23 +77,28 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
         output=output, suffix=suffix, ext=ext, recursive=recursive, overwrite=overwrite,
         skip_existing=skip_existing, quality=quality, max_pixels=max_pixels, extras=extras,
     )
-    jobs, failures = plan_jobs(collect_inputs(inputs, recursive, exclude=output), options)
+    worker = Shard.parse(shard) if shard else Shard()
+    found = collect_inputs(inputs, recursive, exclude=output)
+    planned, refused = plan_jobs(found.files, options)  # planned over all inputs: every worker decides alike
+    early = [r for r in found.skipped + refused if worker.owns(r.input)]
+    work = [job for job in planned if worker.owns(job.source)]
+    elsewhere = len(found.skipped) + len(refused) + len(planned) - len(early) - len(work)
     notice = (lambda message: None) if quiet else (lambda message: say(message, style="yellow"))
     restorer = load(method, weights, device=device, precision=precision, tile=tile, offline=offline, log=notice)
     if not quiet:
-        say(f"derain: {restorer.weights.label} ({restorer.weights.source}) on {restorer.engine.describe()}")
+        say(f"derain: {restorer.weights.label} ({restorer.weights.source}) on {restorer.engine.describe()}"
+            + (f", shard {worker.index}/{worker.count}: {len(work)} of {len(planned)} files" if worker.count > 1 else ""))
 
-    results = list(failures)
-    for failed in failures:
-        _report(failed, json_lines, quiet)
-    show_progress = not quiet and len(jobs) > 1 and console.is_terminal
-    with _progress(show_progress, len(jobs)) as advance:
-        for job in jobs:
-            result = run_job(job, restorer.run, options)
+    results = list(early)
+    for result in early:
+        _report(result, json_lines, quiet)
+    show_progress = not quiet and len(work) > 1 and console.is_terminal
+    with _progress(show_progress, len(work)) as advance:
+        for result in run_jobs(work, restorer.run, options, jobs):
             results.append(result)
             _report(result, json_lines, quiet)
             advance()
-    return _summarise(results, quiet)
+    return _summarise(results, elsewhere, quiet)
 
 
 def _report(result, json_lines: bool, quiet: bool) -> None:
@@ -97,14 +108,19 @@ def _report(result, json_lines: bool, quiet: bool) -> None:
     if result.status == "failed":
         error_line(result.error)
     elif not quiet and not json_lines and not console.is_terminal:
-        say(f"{result.status}: {result.input} -> {result.output}")
+        detail = f" ({result.reason})" if result.reason else ""
+        say(f"{result.status}{detail}: {result.input}" + (f" -> {result.output}" if result.output else ""))
 
 
-def _summarise(results, quiet: bool) -> int:
+def _summarise(results, elsewhere: int, quiet: bool) -> int:
+    """One line that accounts for every entry: derained, skipped (by reason), failed."""
     failed = [r for r in results if r.status == "failed"]
     if not quiet:
-        counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
-        say(f"{counts['ok']} derained, {counts['skipped']} skipped, {counts['failed']} failed")
+        reasons = Counter(r.reason for r in results if r.status == "skipped")
+        skipped = sum(reasons.values())
+        why = f" ({', '.join(f'{n} {reason}' for reason, n in reasons.most_common())})" if skipped else ""
+        line = f"{sum(r.status == 'ok' for r in results)} derained, {skipped} skipped{why}, {len(failed)} failed"
+        say(line + (f"; {elsewhere} left to other shards" if elsewhere else ""))
         for r in failed:
             say(f"  failed: {r.input}", style="red")
     return EXIT_SOME_FAILED if failed else EXIT_OK

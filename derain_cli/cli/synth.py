@@ -34,7 +34,7 @@ def _synth(clean, out, style, seed, copies, recursive) -> int:
 
     if style not in STYLES:
         raise UsageError(f"style must be one of {', '.join(STYLES)}, got '{style}'")
-    sources = collect_inputs(clean, recursive)
+    sources = collect_inputs(clean, recursive).files
     failed = 0
     for source, rel in sources:
         try:

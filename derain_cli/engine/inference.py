@@ -12,7 +12,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from derain_cli.engine.device import is_out_of_memory, pick_device, pick_dtype, release_cached_memory
+from derain_cli.engine.device import (
+    BF16_EMULATED_COST,
+    cpu_has_native_bf16,
+    is_out_of_memory,
+    pick_device,
+    pick_dtype,
+    release_cached_memory,
+)
 from derain_cli.engine.tiling import StripBlender, aligned_size, ramp, read_padded, round_up, tile_starts
 from derain_cli.errors import ImageError
 from derain_cli.methods import MethodSpec
@@ -52,9 +59,11 @@ class InferenceEngine:
         self.spec = spec
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.precision = precision
-        self.dtype = pick_dtype(precision, self.device, spec.half_safe)
+        self.dtype = pick_dtype(precision, self.device, spec.half_safe, spec.bf16_safe)
         self.tile = max(0, int(tile))
         self.log = log or (lambda message: None)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_native_bf16():
+            self.log(f"--precision bf16: {BF16_EMULATED_COST}")
         # tile - overlap must be a multiple of size_multiple, and tiles are sized k*m + offset
         self.overlap = round_up(spec.overlap, spec.size_multiple) + spec.size_offset
         self.model = model.eval()
@@ -99,7 +108,8 @@ class InferenceEngine:
         elif self.device.type != "cpu":
             self.log(f"out of memory on {self.device.type} even with {current}px tiles: falling back to the CPU")
             self.device = torch.device("cpu")
-            self.dtype = pick_dtype("fp32" if self.precision == "fp16" else self.precision, self.device, self.spec.half_safe)
+            fallback = "fp32" if self.precision == "fp16" else self.precision
+            self.dtype = pick_dtype(fallback, self.device, self.spec.half_safe, self.spec.bf16_safe)
             self.tile = DEFAULT_TILE
             self._place_model()
         else:

@@ -42,6 +42,8 @@ class MethodSpec:
         overlap: pixels of context a tile needs on each side so that its blended seams match
             whole-image output (derived from the receptive field; see docs/methods.md).
         half_safe: whether float16 inference keeps quality (used on GPU only).
+        bf16_safe: whether bfloat16 inference keeps quality (measured on the test sets);
+            ``--precision auto`` then uses it on CPUs with native bf16.
         default_tag: the tag a bare ``name`` resolves to (``lpnet`` -> ``lpnet.rain100l``).
         outputs: names of the maps the network returns; ``image`` is the derained picture,
             others (a rain mask, say) have one channel in [0, 1] and can be saved alongside.
@@ -49,6 +51,8 @@ class MethodSpec:
             ``training_loss(rainy, clean) -> dict`` with the paper's loss under ``"loss"``.
         tileable: False when the output depends on whole-image statistics (DDN's batch
             norm uses the image's own mean and variance): such pictures are never tiled.
+        bf16_training: whether bf16 autocast training follows the fp32 loss curve (measured,
+            docs/performance.md); ``derain train --precision auto`` then uses it on CUDA.
         feature_stage: the sub-module (dotted name) whose output is the network's early
             feature representation, where ``finetune-real --algorithm moments`` matches the
             statistics of synthetic and real rain (its first call in a forward pass);
@@ -68,6 +72,8 @@ class MethodSpec:
     outputs: tuple[str, ...] = field(default=("image",))
     tileable: bool = True
     feature_stage: str | None = None
+    bf16_training: bool = False
+    bf16_safe: bool = False
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
@@ -92,6 +98,7 @@ METHODS: tuple[MethodSpec, ...] = (
         size_offset=1,
         overlap=96,
         half_safe=True,
+        bf16_safe=True,  # Rain100L with the authors' weights: 33.40 dB in bf16, 33.42 in fp32
         default_tag="rain100l",
         feature_stage="subnets.0.features",
         recipe=TrainingRecipe(
