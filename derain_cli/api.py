@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs
+from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs, run_videos
 from derain_cli.engine.inference import DEFAULT_TILE, InferenceEngine
+from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec, get_method
+from derain_cli.onnx_runner import is_onnx_weights
+from derain_cli.video import is_video
 from derain_cli.weights.loading import load_into, read_state_dict
 from derain_cli.weights.manifest import split_name
 from derain_cli.weights.resolve import ResolvedWeights, resolve
+
+DEFAULT_METHOD = "lpnet"
 
 
 class Restorer:
@@ -75,7 +81,7 @@ class Restorer:
 
 
 def load(
-    method: str = "lpnet",
+    method: str | None = None,
     weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -83,15 +89,45 @@ def load(
     offline: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Restorer:
-    """Build ``method`` (``lpnet`` or ``lpnet.rain100h``) with verified weights.
+    """Build ``method`` (``lpnet`` or ``lpnet.rain100h``; default lpnet) with verified weights.
 
+    ``weights`` may be a `derain export` ONNX file: it then runs through onnxruntime in
+    float32, its metadata naming the method (``method``, if given, must match).
     Raises UsageError for an unknown method or option, WeightsError when no usable
     checkpoint can be found (never random weights).
     """
+    if weights and is_onnx_weights(weights):
+        return _load_onnx(method, weights, device, precision, tile, offline, log)
+    method = method or DEFAULT_METHOD
     spec = get_method(split_name(method)[0])
     resolved = resolve(method, weights, offline)
     model = load_into(spec.build(), read_state_dict(resolved.path), resolved.label)
     engine = InferenceEngine(model, spec, device=device, precision=precision, tile=tile, log=log)
+    return Restorer(spec, engine, resolved)
+
+
+def method_spec(method: str | None = None, weights: str | None = None) -> MethodSpec:
+    """The method ``load(method, weights)`` runs, without loading it: an ONNX export's own
+    method (read from the file), else ``method`` (default lpnet)."""
+    if weights and is_onnx_weights(weights) and not weights.startswith("hf://"):
+        from derain_cli.onnx_runner import onnx_spec
+
+        return onnx_spec(method, weights)
+    return get_method(split_name(method or DEFAULT_METHOD)[0])
+
+
+def _load_onnx(method, weights, device, precision, tile, offline, log) -> Restorer:
+    from derain_cli.onnx_runner import fitting_tile, open_export
+
+    if precision not in ("auto", "fp32"):
+        raise UsageError(f"--precision {precision}: an ONNX model runs in float32 (fp32)")
+    path = resolve(method or DEFAULT_METHOD, weights, offline).path  # a local file or an hf:// download
+    network, spec = open_export(path, weights, method, device)
+    meta = network.metadata
+    providers = network.session.get_providers()
+    resolved = ResolvedWeights(spec.name, f"{weights} ({meta.name} export)", path, f"onnxruntime {providers[0]}")
+    # the engine keeps its tensors on the CPU in float32; onnxruntime picks its own device
+    engine = InferenceEngine(network, spec, device="cpu", precision="fp32", tile=fitting_tile(spec, meta, tile), log=log)
     return Restorer(spec, engine, resolved)
 
 
@@ -104,7 +140,7 @@ def derain_paths(
     workers: int = 2,
     **load_options,
 ) -> list[FileResult]:
-    """Derain files, folders and globs; returns one FileResult per entry: folder entries
+    """Derain picture and video files, folders and globs; returns one FileResult per entry: folder entries
     that are not pictures (skipped, with the reason) and inputs refused while planning
     outputs first, then the others in input order.
 
@@ -123,7 +159,9 @@ def derain_paths(
             on_result(early)
     restorer = restorer or load(**load_options)
     restorer.spec.require_outputs(options.extras)
-    for result in run_jobs(jobs, restorer.run, options, workers):
+    pictures = [job for job in jobs if not is_video(job.source)]
+    videos = [job for job in jobs if is_video(job.source)]
+    for result in chain(run_jobs(pictures, restorer.run, options, workers), run_videos(videos, restorer.engine.run_batch, options)):
         results.append(result)
         if on_result:
             on_result(result)

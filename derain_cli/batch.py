@@ -21,6 +21,9 @@ import numpy as np
 
 from derain_cli.errors import UsageError
 from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, remove_stale_temporaries, write_image
+from derain_cli.video import VIDEO_EXTENSIONS, VideoOptions, derain_video, is_video
+
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 DEFAULT_SUFFIX = "_derained"
 
@@ -61,6 +64,7 @@ class FileResult:
     width: int | None = None
     height: int | None = None
     reason: str | None = None  # why it was skipped: exists, unsupported format, broken link, ...
+    frames: int | None = None  # videos: frames derained
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +106,7 @@ def why_not_a_picture(path: Path, recursive: bool = False) -> str | None:
         return "folder" if recursive else "folder (use -r)"
     if not path.is_file():
         return "not a file"
-    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+    if path.suffix.lower() not in MEDIA_EXTENSIONS:
         return "unsupported format"
     return None
 
@@ -147,7 +151,7 @@ def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path 
                 out = exclude.resolve()
                 entries = [e for e in entries if e.resolve() != out and out not in e.resolve().parents]
             if not sort_out(entries, path):
-                raise UsageError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) found" + ("" if recursive else " (use -r for sub-folders)"))
+                raise UsageError(f"{path}: no images or videos ({', '.join(MEDIA_EXTENSIONS)}) found" + ("" if recursive else " (use -r for sub-folders)"))
         elif not path.exists() and not path.is_symlink() and glob.has_magic(spec):
             if not sort_out((Path(m) for m in glob.glob(spec, recursive=True)), None):
                 raise UsageError(f"'{spec}': no image matches this pattern")
@@ -162,12 +166,16 @@ def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path 
     return Inputs(unique, skips)
 
 
-def _normalise_ext(ext: str | None, fallback: str) -> str:
+def _output_ext(ext: str | None, source: Path) -> str:
+    """The output's extension: ``--ext`` for pictures (a video keeps its own container
+    unless ``--ext`` names a video one), else the input's."""
     if not ext:
-        return fallback
+        return source.suffix
     ext = ext if ext.startswith(".") else f".{ext}"
-    if ext.lower() not in IMAGE_EXTENSIONS:
-        raise UsageError(f"unsupported output extension '{ext}' (choose from {', '.join(IMAGE_EXTENSIONS)})")
+    if ext.lower() not in MEDIA_EXTENSIONS:
+        raise UsageError(f"unsupported output extension '{ext}' (choose from {', '.join(MEDIA_EXTENSIONS)})")
+    if is_video(source) != (ext.lower() in VIDEO_EXTENSIONS):
+        return source.suffix
     return ext
 
 
@@ -178,13 +186,13 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
         out is not None
         and len(inputs) == 1
         and inputs[0][1] == Path(inputs[0][0].name)
-        and out.suffix.lower() in IMAGE_EXTENSIONS
+        and out.suffix.lower() in MEDIA_EXTENSIONS
         and not out.is_dir()
     )
     input_keys = {source.resolve() for source, _ in inputs}
     jobs, failures, claimed = [], [], set()
     for source, rel in inputs:
-        ext = _normalise_ext(options.ext, source.suffix)
+        ext = _output_ext(options.ext, source)
         if single_file:
             target = out
         else:
@@ -193,7 +201,11 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
             target = folder / f"{source.stem}{suffix}{ext}"
         job = Job(source, target, tuple((name, extra_path(target, name)) for name in options.extras))
         reason = None
-        for path in job.outputs:
+        if is_video(source) != is_video(target):
+            reason = f"output {target}: a {'video' if is_video(source) else 'picture'} must be written as one"
+        elif is_video(source) and job.extras:
+            reason = "--save-mask is for pictures; videos get no mask"
+        for path in () if reason else job.outputs:
             key = path.resolve()
             if key in input_keys:
                 reason = f"output {path} would overwrite an input; choose another -o, --suffix or --ext"
@@ -342,3 +354,37 @@ def _run_inline(job: Job, derain: Callable, options: OutputOptions) -> FileResul
         result.status, result.error = "failed", _failed(job, err)
     result.seconds = round(time.perf_counter() - start, 4)
     return result
+
+
+def run_videos(
+    jobs: Iterable[Job],
+    derain_frames: Callable[[list[np.ndarray]], list[dict[str, np.ndarray]]],
+    options: OutputOptions,
+    video: VideoOptions = VideoOptions(),
+    on_frames: Callable[[Job, int], None] | None = None,
+) -> Iterator[FileResult]:
+    """Derain video files one after the other; ``derain_frames`` is the engine's run_batch.
+
+    ``on_frames(job, n)`` is told as frames are done. A bad video fails alone.
+    """
+    for job in jobs:
+        start = time.perf_counter()
+        result = FileResult(str(job.source), str(job.target), "ok")
+        try:
+            if job.target.exists() and options.skip_existing:
+                yield skipped(job.source, "exists", job.target)
+                continue
+            if job.target.exists() and not options.overwrite:
+                raise UsageError(f"{job.target}: output exists (use --overwrite or --skip-existing)")
+            remove_stale_temporaries(job.target)
+            summary = derain_video(
+                job.source, job.target, lambda frames: [out["image"] for out in derain_frames(frames)], video,
+                (lambda n, job=job: on_frames(job, n)) if on_frames else None,
+            )
+            result.width, result.height, result.frames = summary.width, summary.height, summary.frames
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - one bad file must never abort the batch
+            result.status, result.error = "failed", _failed(job, err)
+        result.seconds = round(time.perf_counter() - start, 4)
+        yield result

@@ -198,7 +198,7 @@ def _merged(picture: Picture) -> np.ndarray:
     return np.concatenate([picture.pixels, picture.alpha], axis=2)
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask (reading it means setting it: done under a lock, restored at once)."""
     with _UMASK_LOCK:
         mask = os.umask(0)
@@ -251,7 +251,7 @@ def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) ->
             _write_sixteen_bit(picture, tmp, ext)
         else:
             _write_eight_bit(picture, tmp, ext, quality)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain write would honour the umask
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain write would honour the umask
         os.replace(tmp, path)
     except ImageError:
         raise

@@ -15,14 +15,18 @@ from derain_cli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 
 def remove(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Image or video files, folders or glob patterns.", show_default=False)],
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Output folder, or output file for a single input. Default: next to each input."),
     ] = None,
-    method: Annotated[str, typer.Option("-m", "--method", help="Method, optionally with weights tag: lpnet, lpnet.rain100h.")] = "lpnet",
+    method: Annotated[
+        str | None,
+        typer.Option("-m", "--method", help="Method, optionally with weights tag: lpnet, lpnet.rain100h. Default: lpnet, or an ONNX --weights file's own.", show_default=False),
+    ] = None,
     weights: Annotated[
-        str | None, typer.Option("-w", "--weights", help="Checkpoint file or hf://owner/repo/file@revision instead of the manifest's.")
+        str | None,
+        typer.Option("-w", "--weights", help="Checkpoint file or hf://owner/repo/file@revision instead of the manifest's; or a `derain export` .onnx file (onnxruntime)."),
     ] = None,
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Include sub-folders and mirror them in the output.")] = False,
     suffix: Annotated[
@@ -44,11 +48,15 @@ def remove(
         typer.Option(metavar="K/N", help="Process only worker K's share of N (0-based; split by path hash, no coordination needed)."),
     ] = None,
     jobs: Annotated[int, typer.Option("-j", "--jobs", min=0, help="Decode/encode threads overlapping the network (0: none).")] = 2,
+    codec: Annotated[
+        str | None, typer.Option(help="Video encoder (FFmpeg name). Default: libx264, or libvpx-vp9 for .webm.")
+    ] = None,
+    crf: Annotated[int, typer.Option(min=0, max=63, help="Video quality for x264/x265/VP9/AV1: lower is better, 18 ~ visually lossless.")] = 18,
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON line per file on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr; no progress bar.")] = False,
 ) -> None:
-    """Remove rain from images. Never overwrites inputs; a bad file is reported and skipped.
+    """Remove rain from images and videos. Never overwrites inputs; a bad file is reported and skipped.
 
     Exit codes: 0 all done, 1 some inputs failed, 2 usage error,
     3 weights unavailable or failed verification, 130 interrupted.
@@ -59,16 +67,15 @@ def remove(
 
 
 def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, save_mask, device,
-            precision, tile, quality, max_pixels, shard, jobs, offline, json_lines, quiet) -> int:
-    from derain_cli.api import load
-    from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs
-    from derain_cli.methods import get_method
-    from derain_cli.weights.manifest import split_name
+            precision, tile, quality, max_pixels, shard, jobs, codec, crf, offline, json_lines, quiet) -> int:
+    from derain_cli.api import load, method_spec
+    from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs, run_videos
+    from derain_cli.video import VideoOptions, check_codec, frame_count, is_video
 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")
     extras = ("mask",) if save_mask else ()
-    spec = get_method(split_name(method)[0])  # an unknown name is its own error, before any weights load
+    spec = method_spec(method, weights)  # an unknown name is its own error, before any weights load
     try:
         spec.require_outputs(extras)
     except UsageError as err:
@@ -83,6 +90,10 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
     early = [r for r in found.skipped + refused if worker.owns(r.input)]
     work = [job for job in planned if worker.owns(job.source)]
     elsewhere = len(found.skipped) + len(refused) + len(planned) - len(early) - len(work)
+    videos = [job for job in work if is_video(job.source)]
+    pictures = [job for job in work if not is_video(job.source)]
+    if videos and codec:
+        check_codec(codec)
     notice = (lambda message: None) if quiet else (lambda message: say(message, style="yellow"))
     restorer = load(method, weights, device=device, precision=precision, tile=tile, offline=offline, log=notice)
     if not quiet:
@@ -92,12 +103,17 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
     results = list(early)
     for result in early:
         _report(result, json_lines, quiet)
-    show_progress = not quiet and len(work) > 1 and console.is_terminal
-    with _progress(show_progress, len(work)) as advance:
-        for result in run_jobs(work, restorer.run, options, jobs):
+    show_progress = not quiet and console.is_terminal
+    with _progress(show_progress and len(pictures) > 1, len(pictures), "images") as advance:
+        for result in run_jobs(pictures, restorer.run, options, jobs):
             results.append(result)
             _report(result, json_lines, quiet)
-            advance()
+            advance(1)
+    for video in videos:  # one frame bar per video
+        with _progress(show_progress, frame_count(video.source), video.source.name) as advance:
+            for result in run_videos([video], restorer.engine.run_batch, options, VideoOptions(codec, crf), lambda job, n: advance(n)):
+                results.append(result)
+                _report(result, json_lines, quiet)
     return _summarise(results, elsewhere, quiet)
 
 
@@ -127,20 +143,23 @@ def _summarise(results, elsewhere: int, quiet: bool) -> int:
 
 
 class _progress:
-    """A rich progress bar on stderr when wanted, else a no-op; yields an advance()."""
+    """A rich progress bar on stderr when wanted, else a no-op; yields an advance(n).
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total, self.bar = enabled, total, None
+    total None (a video whose frame count is unknown) shows a running count without ETA.
+    """
+
+    def __init__(self, enabled: bool, total: int | None, label: str) -> None:
+        self.enabled, self.total, self.label, self.bar = enabled, total, label, None
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
+            return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-        self.bar = Progress("derain", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
+        self.bar = Progress(f"derain {self.label}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console)
         self.bar.start()
-        task = self.bar.add_task("images", total=self.total)
-        return lambda: self.bar.advance(task)
+        task = self.bar.add_task(self.label, total=self.total)
+        return lambda n: self.bar.advance(task, n)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

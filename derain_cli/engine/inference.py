@@ -20,7 +20,7 @@ from derain_cli.engine.device import (
     pick_dtype,
     release_cached_memory,
 )
-from derain_cli.engine.tiling import StripBlender, aligned_size, ramp, read_padded, round_up, tile_starts
+from derain_cli.engine.tiling import StripBlender, aligned_size, quantize_into, ramp, read_padded, round_up, tile_starts
 from derain_cli.errors import ImageError
 from derain_cli.methods import MethodSpec
 
@@ -137,7 +137,8 @@ class InferenceEngine:
             for c, x0 in enumerate(cols):
                 weight = np.outer(weight_y, ramp(tile_w, self.overlap, c > 0, c < len(cols) - 1))
                 window = read_padded(image, y0, x0, tile_h, tile_w)
-                for name, values in self._infer(window, peak).items():
+                for name, values in self._infer(window[None], peak).items():
+                    values = values[0]
                     if name not in outputs:
                         outputs[name] = np.empty((height, width, values.shape[2]), dtype=image.dtype)
                         blenders[name] = StripBlender(outputs[name], y0, tile_h, padded_w)
@@ -147,9 +148,48 @@ class InferenceEngine:
                 blenders[name] = blender.finish(next_start, next_start, 0 if last_row else tile_h)
         return outputs
 
+    def run_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Derain several pictures (video frames); equal to ``run`` on each.
+
+        Same-size pictures that fit in one tile go through the network as one batch. Methods
+        whose output depends on whole-image statistics (not tileable: DDN normalises by the
+        picture's own mean and variance) and larger pictures run one by one, as does a
+        batch that runs out of memory (``run`` then applies its out-of-memory policy).
+        """
+        first = images[0] if images else None
+        if (
+            len(images) < 2
+            or not self.spec.tileable
+            or any(im.shape != first.shape or im.dtype != first.dtype for im in images)
+            or first.ndim != 3
+            or first.shape[2] != 3
+        ):
+            return [self.run(image) for image in images]
+        height, width = first.shape[:2]
+        padded_h, padded_w = self._aligned(height), self._aligned(width)
+        if self.tile and max(padded_h, padded_w) > max(self._aligned(self.tile), self.overlap + self.spec.size_multiple):
+            return [self.run(image) for image in images]
+        windows = np.stack([read_padded(image, 0, 0, padded_h, padded_w) for image in images])
+        try:
+            values = self._infer(windows, _peak(first.dtype))
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            release_cached_memory(self.device)
+            return [self.run(image) for image in images]
+        results = []
+        for k in range(len(images)):
+            result = {}
+            for name, batch in values.items():
+                result[name] = np.empty((height, width, batch.shape[3]), dtype=first.dtype)
+                quantize_into(result[name], np.ascontiguousarray(batch[k, :height, :width]))
+            results.append(result)
+        return results
+
     @torch.inference_mode()
-    def _infer(self, window: np.ndarray, peak: float) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(window.astype(np.float32) / peak).permute(2, 0, 1)[None]
+    def _infer(self, windows: np.ndarray, peak: float) -> dict[str, np.ndarray]:
+        """(N, H, W, 3) windows in the picture's dtype -> (N, H, W, C) float32 per output."""
+        x = torch.from_numpy(windows.astype(np.float32) / peak).permute(0, 3, 1, 2)
         x = x.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
         result = self.model(x)
         if isinstance(result, torch.Tensor):
@@ -157,6 +197,4 @@ class InferenceEngine:
         missing = set(self.spec.outputs) - set(result)
         if missing:
             raise RuntimeError(f"{self.spec.name} did not return its declared outputs {sorted(missing)}")
-        return {
-            name: result[name][0].float().permute(1, 2, 0).cpu().numpy() for name in self.spec.outputs
-        }
+        return {name: result[name].float().permute(0, 2, 3, 1).cpu().numpy() for name in self.spec.outputs}
