@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from derain_cli import __version__
-from derain_cli.cli import benchmark, finetune_real, models, remove, synth, train
+from derain_cli.cli import benchmark, export, finetune_real, models, remove, synth, train
 
 app = typer.Typer(
     name="derain",
@@ -26,6 +26,7 @@ app.command("train", no_args_is_help=True)(train.train)
 app.command("finetune-real", no_args_is_help=True)(finetune_real.finetune_real)
 app.command("synth", no_args_is_help=True)(synth.synth)
 app.command("benchmark", no_args_is_help=True)(benchmark.benchmark)
+app.command("export", no_args_is_help=True)(export.export)
 app.add_typer(models.app, name="models")
 
 

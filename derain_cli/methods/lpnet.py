@@ -23,9 +23,13 @@ RECURSIONS = 5
 
 
 def _same_pad(size: int) -> tuple[int, int]:
-    """TensorFlow SAME padding of a 5-tap, stride-2 filter: (before, after)."""
-    out = -(-size // 2)
-    total = max((out - 1) * 2 + 5 - size, 0)
+    """TensorFlow SAME padding of a 5-tap, stride-2 filter: (before, after).
+
+    That is (out - 1) * 2 + 5 - size with out = ceil(size / 2), always 3 or 4. Written with
+    positive floor division only and no max(): traced for ONNX, integer division truncates
+    (-(-size // 2) came out one short) and max() would freeze the export's size.
+    """
+    total = 2 * ((size + 1) // 2) + 3 - size
     return total // 2, total - total // 2
 
 
