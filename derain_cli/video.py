@@ -43,11 +43,48 @@ class VideoOptions:
     crf: constant-quality factor of x264/x265/VP9/AV1 (lower is better; 18 is visually
         lossless for x264); ignored by encoders without one.
     batch: frames that go through the network together (same-size frames fitting a tile).
+    temporal: strength of the motion-gated temporal filter (0: off); see TemporalFilter.
     """
 
     codec: str | None = None
     crf: int = 18
     batch: int = 4
+    temporal: float = 0.7
+
+
+class TemporalFilter:
+    """Steadies what flickers from frame to frame where the scene holds still.
+
+    Rain left behind by the network differs in every frame; the scene behind it does not.
+    Each output is pulled towards the previous output by ``strength`` where the two agree
+    (local mean of the luminance difference over 7x7 pixels well under ``tolerance`` 8-bit
+    levels), and left alone where they do not (motion, scene cuts), so moving things do
+    not ghost. Thin residual streaks barely move the local mean, so they are smoothed.
+    Measured (docs/performance.md): static scene +0.3 dB and 24 % less flicker, panning
+    scene unchanged (-0.03 dB).
+    """
+
+    def __init__(self, strength: float = 0.7, tolerance: float = 8.0, window: int = 7) -> None:
+        if not 0.0 <= strength < 1.0:
+            raise UsageError(f"--temporal must be in [0, 1), got {strength}")
+        self.strength, self.tolerance, self.window = strength, tolerance, window
+        self.previous: np.ndarray | None = None
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 derained frame -> steadied frame (uint8)."""
+        if self.strength == 0.0:
+            return frame
+        import cv2
+
+        current = frame.astype(np.float32)
+        if self.previous is None or self.previous.shape != current.shape:
+            self.previous = current
+            return frame
+        difference = cv2.blur(np.abs(current.mean(axis=2) - self.previous.mean(axis=2)), (self.window, self.window))
+        agreement = np.clip(1.0 - difference / self.tolerance, 0.0, 1.0)[..., None]
+        current += self.strength * agreement * (self.previous - current)
+        self.previous = current
+        return np.clip(np.rint(current), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -153,6 +190,7 @@ def _transcode(av, container, source, tmp, derain_frames, options, on_frames) ->
         audio_out = {}
         pending: list = []  # decoded frames waiting for the network
         pending_audio: list = []  # audio packets demuxed before the first video frame
+        steady = TemporalFilter(options.temporal)
         frames = 0
 
         def flush() -> None:
@@ -160,7 +198,7 @@ def _transcode(av, container, source, tmp, derain_frames, options, on_frames) ->
             rotation = _rotation(pending[0])
             upright = [_upright(f.to_ndarray(format="rgb24"), rotation) for f in pending]
             for frame, clean in zip(pending, derain_frames(upright)):
-                out = av.VideoFrame.from_ndarray(_stored(clean, rotation), format="rgb24")
+                out = av.VideoFrame.from_ndarray(_stored(steady(clean), rotation), format="rgb24")
                 out.pts, out.time_base = frame.pts, frame.time_base
                 for packet in video_out.encode(out):
                     output.mux(packet)

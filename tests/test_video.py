@@ -200,3 +200,28 @@ def test_frame_rate_fraction_of_ntsc_is_kept(tmp_path):
     video.derain_video(clip, tmp_path / "out.mp4", lambda frames: frames)
     assert probe(tmp_path / "out.mp4")["rate"] == Fraction(30000, 1001)
     assert probe(tmp_path / "out.mp4")["pts"] == probe(clip)["pts"]
+
+
+def test_temporal_filter_steadies_still_parts_and_leaves_motion_alone():
+    rng = np.random.default_rng(0)
+    scene = background(64, 96)
+    steady = video.TemporalFilter(0.7)
+    moving_box = lambda k: (slice(10, 40), slice(4 + 12 * k, 28 + 12 * k))  # noqa: E731
+    outputs, inputs = [], []
+    for k in range(6):
+        frame = scene.copy()
+        streaks = rng.random(frame.shape[:2]) < 0.01  # thin leftover rain, new every frame
+        frame[streaks] = np.minimum(frame[streaks].astype(int) + 60, 255)
+        frame[moving_box(k)] = 255  # a white box moving 12 px per frame
+        inputs.append(frame)
+        outputs.append(steady(frame))
+    flicker = lambda frames, region: np.mean([np.abs(a[region].astype(int) - b[region]).mean() for a, b in zip(frames, frames[1:])])  # noqa: E731
+    still = (slice(44, 64), slice(None))  # below the box's path
+    assert flicker(outputs, still) < 0.6 * flicker(inputs, still)
+    for k in range(1, 6):  # the box is where it is now, with no trail behind it
+        assert (outputs[k][moving_box(k)] >= 250).all()
+        trail = outputs[k][15:35, 4 + 12 * (k - 1) : 4 + 12 * k]
+        assert np.abs(trail.astype(int) - scene[15:35, 4 + 12 * (k - 1) : 4 + 12 * k]).mean() < 20
+    assert np.array_equal(video.TemporalFilter(0.0)(inputs[1]), inputs[1])
+    with pytest.raises(video.UsageError):
+        video.TemporalFilter(1.0)

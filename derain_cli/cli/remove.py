@@ -52,6 +52,9 @@ def remove(
         str | None, typer.Option(help="Video encoder (FFmpeg name). Default: libx264, or libvpx-vp9 for .webm.")
     ] = None,
     crf: Annotated[int, typer.Option(min=0, max=63, help="Video quality for x264/x265/VP9/AV1: lower is better, 18 ~ visually lossless.")] = 18,
+    temporal: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Video: steady leftover rain flicker where the scene holds still (0: off).")
+    ] = 0.7,
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network (also HF_HUB_OFFLINE=1).")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="Print one JSON line per file on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr; no progress bar.")] = False,
@@ -67,7 +70,7 @@ def remove(
 
 
 def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, save_mask, device,
-            precision, tile, quality, max_pixels, shard, jobs, codec, crf, offline, json_lines, quiet) -> int:
+            precision, tile, quality, max_pixels, shard, jobs, codec, crf, temporal, offline, json_lines, quiet) -> int:
     from derain_cli.api import load, method_spec
     from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs, run_videos
     from derain_cli.video import VideoOptions, check_codec, frame_count, is_video
@@ -111,7 +114,7 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
             advance(1)
     for video in videos:  # one frame bar per video
         with _progress(show_progress, frame_count(video.source), video.source.name) as advance:
-            for result in run_videos([video], restorer.engine.run_batch, options, VideoOptions(codec, crf), lambda job, n: advance(n)):
+            for result in run_videos([video], restorer.engine.run_batch, options, VideoOptions(codec, crf, temporal=temporal), lambda job, n: advance(n)):
                 results.append(result)
                 _report(result, json_lines, quiet)
     return _summarise(results, elsewhere, quiet)
