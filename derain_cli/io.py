@@ -116,6 +116,26 @@ def _split_channels(array: np.ndarray, has_alpha: bool) -> tuple[np.ndarray, np.
     return array, None
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_guarded(path: Path, max_pixels: int) -> Image.Image:
+    """Image.open with Pillow's decompression-bomb limit at ``max_pixels``.
+
+    Pillow checks the limit when it opens a file, and both the limit and the warning filter
+    that turns its warning into an error are process-wide: set them for this open only,
+    under a lock, so that pictures decoded in parallel threads never see each other's.
+    """
+    with _OPEN_LOCK:
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """Decode a picture file. Raises ImageError (naming the file) for anything unusable."""
     path = Path(path)
@@ -127,29 +147,26 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise _fail(path, "not a file")
     if size == 0:
         raise _fail(path, "empty file (0 bytes)")
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise _bomb(path, f"{width}x{height}", max_pixels)
-                frames = getattr(im, "n_frames", 1)
-                if frames > 1:
-                    raise _fail(path, f"animated image ({frames} frames): derain takes still pictures")
-                exif = im.getexif()
-                orientation = int(exif.get(_ORIENTATION, 1) or 1)
-                icc = im.info.get("icc_profile")
-                if _is_sixteen_bit(im):
-                    pixels, alpha = _read_sixteen_bit(path)
-                else:
-                    pixels, alpha, icc = _read_eight_bit(im, icc)
-                pixels = _orient(pixels, orientation)
-                alpha = None if alpha is None else _orient(alpha, orientation)
-                if _ORIENTATION in exif:
-                    exif[_ORIENTATION] = 1  # the pixels are upright now
-                exif_bytes = exif.tobytes() if len(exif) else None
+        with _open_guarded(path, max_pixels) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise _bomb(path, f"{width}x{height}", max_pixels)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise _fail(path, f"{frames} frames (animated or multi-page): derain takes still pictures")
+            exif = im.getexif()
+            orientation = int(exif.get(_ORIENTATION, 1) or 1)
+            icc = im.info.get("icc_profile")
+            if _is_sixteen_bit(im):
+                pixels, alpha = _read_sixteen_bit(path)
+            else:
+                pixels, alpha, icc = _read_eight_bit(im, icc)
+            pixels = _orient(pixels, orientation)
+            alpha = None if alpha is None else _orient(alpha, orientation)
+            if _ORIENTATION in exif:
+                exif[_ORIENTATION] = 1  # the pixels are upright now
+            exif_bytes = exif.tobytes() if len(exif) else None
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -158,8 +175,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise _fail(path, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise _fail(path, f"corrupt or truncated image ({err})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
     return Picture(pixels=pixels, alpha=alpha, exif=exif_bytes, icc=icc)
 
 

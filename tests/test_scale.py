@@ -72,7 +72,7 @@ def test_summary_and_json_account_for_every_entry(tmp_path, lpnet_checkpoint):
         "gone.png": ("skipped", "broken link"),
         ".hidden.png": ("skipped", "hidden"),
     }
-    assert "animated image (3 frames)" in result.output
+    assert "3 frames (animated or multi-page)" in result.output
     summary = [line for line in result.output.splitlines() if "derained," in line][0]
     assert summary.startswith("1 derained, 6 skipped (") and summary.endswith(", 1 failed")
     for reason in ("2 unsupported format", "1 exists", "1 broken link", "1 folder (use -r)", "1 hidden"):
