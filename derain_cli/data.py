@@ -139,6 +139,9 @@ class PatchSampler:
     def __len__(self) -> int:
         return len(self.rainy)
 
+    def to(self, device) -> None:
+        """Nothing to move: batches are built on the CPU and the Trainer moves them."""
+
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(rainy, clean) float tensors (b, 3, P, P) in [0, 1] for this rank at ``step``."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)

@@ -29,11 +29,14 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float =
     """1 - mean SSIM over channels (data range 1, Gaussian window, 'valid' filtering).
 
     Images smaller than the window use a window of their size (LPNet's coarse levels).
+    Computed in float32 even under autocast: its variances are differences of nearly equal
+    blurred squares, which bf16's 8-bit mantissa would cancel away.
     """
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
     size = min(window, x.shape[-2], x.shape[-1])
-    return 1.0 - ssim_map(x, y, gaussian_window(size, sigma), 1.0).mean()
+    with torch.autocast(x.device.type, enabled=False):
+        return 1.0 - ssim_map(x.float(), y.float(), gaussian_window(size, sigma), 1.0).mean()
 
 
 def _samples(x: torch.Tensor) -> torch.Tensor:

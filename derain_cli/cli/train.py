@@ -21,7 +21,7 @@ def train(
     patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: the paper's.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the paper's.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Adam weight decay. Default: the paper's.")] = None,
-    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: constant (the paper's), cosine (to zero) or steps (x0.1 after 1/3 and 2/3 of the run).")] = "constant",
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: constant (the paper's), cosine (to zero), steps (x0.1 after 1/3 and 2/3 of the run) or multistep:F1,F2,...:FACTOR (x FACTOR at those fractions of the run, e.g. PReNet's multistep:0.3,0.5,0.8:0.2).")] = "constant",
     val_every: Annotated[int, typer.Option(help="Validate (Y-PSNR/SSIM) and log every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
@@ -29,6 +29,9 @@ def train(
     init: Annotated[str | None, typer.Option(help="Start from these weights (file, hf:// URL or method.tag, e.g. lpnet.rain100l) instead of random initialisation.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and patch sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (torchrun processes take their local GPU).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, and on CPUs with native bf16, for methods measured safe; else fp32), fp32, bf16 or fp16 (CUDA, loss-scaled).")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (the first steps pay for compiling).")] = False,
+    minutes: Annotated[float | None, typer.Option(help="Stop (checkpoint written, --resume continues) after this many minutes.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train a method on paired data; writes last.pth (resumable), best/final.safetensors and a
@@ -38,8 +41,11 @@ def train(
 
 
 def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
-           val_every, checkpoint_every, resume, tag, init, seed, device, quiet) -> None:
+           val_every, checkpoint_every, resume, tag, init, seed, device, precision, compile, minutes, quiet) -> None:
     import os
+    import time
+
+    started = time.time()
 
     from derain_cli.data import find_pairs
     from derain_cli.engine.objectives import SupervisedObjective
@@ -57,26 +63,32 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         lr=lr or recipe.lr, weight_decay=recipe.weight_decay if weight_decay is None else weight_decay,
         schedule=schedule, val=str(val) if val else None, val_split=0.0 if val else val_split,
         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag, init=init,
+        precision=precision, compile=compile, sampler="device",
     )
     if (out / "last.pth").exists() and not resume:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = say if rank0 and not quiet else (lambda message: None)
-    objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed)
+    objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed,
+                                               sampler=config.sampler)
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
     if resume:
         trainer.resume()
     log(f"training {spec.name} on {len(train_pairs)} pairs ({len(val_pairs)} for validation), "
-        f"{trainer.world_size} process(es) on {trainer.device}; run folder {out}")
+        f"{trainer.world_size} process(es) on {trainer.device} ({trainer.precision}"
+        f"{', compiled' if compile else ''}); run folder {out}")
     show_bar = rank0 and not quiet and console.is_terminal
     progress = training_progress(trainer, config.iterations, show_bar, log)
     try:
-        summary = trainer.train(on_step=progress)
+        stop_at = started + 60 * minutes if minutes else None
+        summary = trainer.train(on_step=progress, stop_at=stop_at)
     finally:
         progress.close()
     if rank0 and summary:
         best = summary["best"]
         score = f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best else ""
+        if not summary["complete"]:
+            log(f"stopped at the time limit; `--resume` continues to {config.iterations} iterations")
         log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
         log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
 
@@ -103,7 +115,7 @@ def training_progress(trainer, total: int, show_bar: bool, log, label: str = "tr
     bar.start()
 
     def on_step(step, record):
-        fields = {"terms": _terms(record)}
+        fields = {"terms": _terms(record)} if record else {}
         if "psnr_y" in record:
             fields["psnr"] = f"{record['psnr_y']:.2f}"
         bar.update(task, completed=step, **fields)

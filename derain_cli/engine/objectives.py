@@ -1,7 +1,7 @@
 """What one training step optimises: its data and its loss. The Trainer owns everything else.
 
 An objective draws the step's batch (a dict of tensors, a pure function of the step so that
-resume needs no sampler state) and turns a network plus that batch into named loss terms;
+resume needs no sampler state; on the training device when its data lives there) and turns a network plus that batch into named loss terms;
 ``"loss"`` is minimised, the other entries are logged. State that evolves during training
 (SIRR's rain mixture, say) goes through ``state_dict`` so checkpoints resume exactly.
 """
@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from derain_cli.data import Pair, PatchSampler
+from derain_cli.engine.patches import DevicePatchSampler
+
+SAMPLERS = ("device", "host")
 
 
 class Objective:
@@ -23,8 +26,12 @@ class Objective:
         """Global batch sizes of every stream; each must split over the processes."""
         raise NotImplementedError
 
+    def to(self, device: torch.device) -> None:
+        """Called once by the Trainer: move data that should live on the training device."""
+
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
-        """This rank's share of the global batch of ``step``, on the CPU."""
+        """This rank's share of the global batch of ``step`` (on the CPU, or on the device the
+        objective's data was moved to; the Trainer moves what is not there yet)."""
         raise NotImplementedError
 
     def losses(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,16 +50,33 @@ class Objective:
 
 
 class SupervisedObjective(Objective):
-    """Paired rainy/clean patches and the method's own paper loss (``training_loss``)."""
+    """Paired rainy/clean patches and the method's own paper loss (``training_loss``).
+
+    Patches come from a ``DevicePatchSampler`` (pairs held as uint8 on the training device,
+    cut there: ``sampler="device"``, what ``derain train`` uses) or from the reference
+    ``PatchSampler`` (cut on the CPU per patch: ``"host"``).
+    """
 
     name = "supervised"
 
-    def __init__(self, sampler: PatchSampler) -> None:
+    def __init__(self, sampler: PatchSampler | DevicePatchSampler) -> None:
         self.sampler = sampler
 
     @classmethod
-    def from_pairs(cls, pairs: list[Pair], patch_size: int, batch_size: int, seed: int = 0) -> "SupervisedObjective":
+    def from_pairs(cls, pairs: list[Pair], patch_size: int, batch_size: int, seed: int = 0,
+                   sampler: str = "host") -> "SupervisedObjective":
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "device":
+            return cls(DevicePatchSampler.from_pairs(pairs, patch_size, batch_size, seed))
         return cls(PatchSampler(pairs, patch_size, batch_size, seed))
+
+    def to(self, device: torch.device) -> None:
+        self.sampler.to(device)
+
+    def describe(self) -> dict[str, str]:
+        where = getattr(self.sampler, "placement", None)
+        return {"patches": f"cut on {where} from pairs decoded once"} if where else {}
 
     def batch_sizes(self) -> tuple[int, ...]:
         return (self.sampler.batch_size,)

@@ -2,8 +2,12 @@
 
 The method supplies its network; an objective (engine/objectives.py) supplies each step's
 batch and loss terms (paired supervision, or semi-supervised adaptation on real rain). This
-loop supplies the optimizer, schedule, validation (Y-PSNR/SSIM through the inference engine),
-atomic resumable checkpoints, logging and DistributedDataParallel when started by torchrun.
+loop supplies the optimizer, schedule, precision (autocast), validation (Y-PSNR/SSIM through
+the inference engine), atomic resumable checkpoints, logging and DistributedDataParallel when
+started by torchrun.
+
+Nothing in a step waits for the device: batches are cut where the data lives, loss terms
+accumulate as device tensors and are read only at log points (``val_every``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from derain_cli.data import Pair, load_pair
+from derain_cli.engine.amp import autocast, grad_scaler, training_precision
 from derain_cli.engine.checkpoints import export_safetensors, load_training_state, save_atomic
 from derain_cli.engine.device import pick_device
 from derain_cli.engine.inference import InferenceEngine
@@ -31,7 +36,7 @@ from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec
 from derain_cli.metrics import score_uint8
 
-SCHEDULES = ("constant", "cosine", "steps")
+SCHEDULES = ("constant", "cosine", "steps", "multistep:F1,F2,...:FACTOR")
 
 
 @dataclass
@@ -55,6 +60,9 @@ class TrainConfig:
     device: str = "auto"
     tag: str = "custom"
     init: str | None = None  # start from these weights (a file, hf:// URL or method.tag) instead of random
+    precision: str = "fp32"  # asked for: auto, fp32, bf16 or fp16 (engine/amp.py); the card says what ran
+    compile: bool = False  # torch.compile the training step
+    sampler: str = "host"  # where patches are cut: "device" (engine/patches.py) or "host" (data.PatchSampler)
     notes: str = ""
     extra: dict = field(default_factory=dict)  # rows for the card (objective, data used, ...)
 
@@ -80,7 +88,31 @@ def split_pairs(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pa
     return [p for i, p in enumerate(pairs) if i % every], [p for i, p in enumerate(pairs) if i % every == 0]
 
 
+def multistep_milestones(schedule: str) -> tuple[tuple[float, ...], float]:
+    """``multistep:0.3,0.5,0.8:0.2`` -> ((0.3, 0.5, 0.8), 0.2): the rate is multiplied by the
+    factor at each fraction of the run (PReNet's x0.2 at epochs 30, 50 and 80 of 100)."""
+    try:
+        _, fractions, factor = schedule.split(":")
+        milestones = tuple(float(f) for f in fractions.split(","))
+        if not all(0 < f < 1 for f in milestones):
+            raise ValueError
+        return milestones, float(factor)
+    except ValueError:
+        raise UsageError(f"schedule '{schedule}': expected multistep:F1,F2,...:FACTOR with fractions of the run "
+                         "between 0 and 1, e.g. multistep:0.3,0.5,0.8:0.2") from None
+
+
+def check_schedule(schedule: str) -> None:
+    if schedule.startswith("multistep"):
+        multistep_milestones(schedule)
+    elif schedule not in SCHEDULES:
+        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
+
+
 def _learning_rate(config: TrainConfig, step: int) -> float:
+    if config.schedule.startswith("multistep"):
+        milestones, factor = multistep_milestones(config.schedule)
+        return config.lr * factor ** sum(step >= round(f * config.iterations) for f in milestones)
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * min(step, config.iterations) / config.iterations))
     if config.schedule == "steps":  # x0.1 after a third of the run and again after two thirds (SIRR)
@@ -95,8 +127,7 @@ class Trainer:
 
     def __init__(self, spec: MethodSpec, config: TrainConfig, objective: Objective, val_pairs: list[Pair],
                  log: Callable[[str], None] = print) -> None:
-        if config.schedule not in SCHEDULES:
-            raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{config.schedule}'")
+        check_schedule(config.schedule)
         self.spec, self.config, self.log = spec, config, log
         self.out = Path(config.out)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -106,6 +137,13 @@ class Trainer:
                 raise UsageError(f"batch size {size} does not split over {self.world_size} processes")
         self.objective = objective
         self.device = self._init_device()
+        self.precision = training_precision(config.precision, self.device, spec.bf16_training,
+                                            warn=lambda m: log(f"warning: {m}"))
+        self.scaler = grad_scaler(self.precision, self.device)
+        if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
+        objective.to(self.device)
+        config.extra.update(objective.describe())
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -122,6 +160,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # buffers are constants (pyramid kernels): nothing to broadcast each step
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
+        if config.compile:  # after DDP, as torch documents; the first steps pay for compiling
+            self.step_module = torch.compile(self.step_module)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _learning_rate(config, s) / config.lr)
         self.val_data = [load_pair(p) for p in val_pairs] if self.rank == 0 else []
@@ -166,6 +206,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
             "objective": self.objective.state_dict(),
             "objective_name": self.objective.name,
             "step": self.step,
@@ -184,16 +225,24 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.objective.load_state_dict(state.get("objective", {}))
         self.step, self.best, self.history = state["step"], state["best"], state["history"]
         self.elapsed_before = state["elapsed"]
         self.log(f"resumed from {self.last_path} at step {self.step}")
 
-    # what a resumed run may change: its length, logging, device and place
-    _RESUMABLE_CHANGES = ("iterations", "val_every", "checkpoint_every", "device", "out", "notes", "extra")
+    # what a resumed run may change: its length, logging, device (and with it the precision
+    # and compilation that suit the device) and place (of the run and of the same data)
+    _RESUMABLE_CHANGES = ("iterations", "val_every", "checkpoint_every", "device", "out", "notes", "extra",
+                          "precision", "compile", "data", "val")
+    # settings checkpoints written before a setting existed ran with
+    _BEFORE_SETTING = {"sampler": "host"}
 
     def _check_same_run(self, state: dict) -> None:
-        saved, now = state.get("config", {}), asdict(self.config)
+        saved, now = dict(state.get("config", {})), asdict(self.config)
+        for key, value in self._BEFORE_SETTING.items():
+            saved.setdefault(key, value)
         changed = [k for k in now if k not in self._RESUMABLE_CHANGES and k in saved and saved[k] != now[k]]
         if state.get("objective_name", self.objective.name) != self.objective.name:
             changed.insert(0, f"objective ({state['objective_name']} -> {self.objective.name})")
@@ -219,26 +268,58 @@ class Trainer:
         return {"psnr_y": float(p), "ssim_y": float(s)}
 
     # -- the loop ------------------------------------------------------------------
-    def train(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
-        config = self.config
-        self.net.train()
-        running: dict[str, float] = {}
-        counted = 0
-        while self.step < config.iterations:
-            batch = self.objective.batch(self.step, self.rank, self.world_size)
-            losses = self.step_module({k: v.to(self.device) for k, v in batch.items()})
-            self.optimizer.zero_grad(set_to_none=True)
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step at ``self.step`` (not advanced); its loss terms, on the device."""
+        batch = self.objective.batch(self.step, self.rank, self.world_size)
+        batch = {k: _to_device(v, self.device) for k, v in batch.items()}
+        with autocast(self.precision, self.device):
+            losses = self.step_module(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
             losses["loss"].backward()
             self.optimizer.step()
-            self.scheduler.step()
+        self.scheduler.step()
+        return losses
+
+    def _time_is_up(self, stop_at: float | None) -> bool:
+        if stop_at is None:
+            return False
+        up = time.time() >= stop_at
+        if self.world_size > 1:  # every process must stop at the same step
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(up)], device=self.device)
+            dist.all_reduce(flag)
+            up = bool(flag.item())
+        return up
+
+    def train(self, on_step: Callable[[int, dict], None] | None = None, stop_at: float | None = None) -> dict:
+        """Train to ``config.iterations``, or until ``time.time()`` passes ``stop_at`` (checked
+        before each step; the checkpoint is then written, so ``--resume`` continues). ``on_step``
+        gets each step's number and, at log points, the record (loss terms, validation), else {}."""
+        config = self.config
+        self.net.train()
+        running: dict[str, torch.Tensor] = {}
+        counted = 0
+        while self.step < config.iterations:
+            if self._time_is_up(stop_at):
+                self.log(f"time budget reached at step {self.step}; checkpoint written")
+                self.save()
+                break
+            losses = self.train_step()
             self.step += 1
             counted += 1
-            for k, v in losses.items():
-                running[k] = running.get(k, 0.0) + float(v.detach())
+            for k, v in losses.items():  # summed on the device: no host synchronisation per step
+                v = v.detach().float()
+                running[k] = running[k] + v if k in running else v
             record = None
             if self.step % config.val_every == 0 or self.step == config.iterations:
                 record = {"step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                          **{k: v / counted for k, v in running.items()},
+                          **{k: float(v) / counted for k, v in running.items()},
                           "elapsed_s": round(self.elapsed(), 1)}
                 running, counted = {}, 0
                 if self.rank == 0 and self.val_data:
@@ -253,7 +334,7 @@ class Trainer:
             if self.step % config.checkpoint_every == 0 or self.step == config.iterations:
                 self.save()
             if on_step is not None:
-                on_step(self.step, record or {k: float(v.detach()) for k, v in losses.items()})
+                on_step(self.step, record or {})
         return self.finish()
 
     def finish(self) -> dict:
@@ -272,11 +353,19 @@ class Trainer:
         summary = {
             "checkpoint": str(chosen), "sha256": sha, "best": self.best, "steps": self.step,
             "wall_time_s": round(self.elapsed(), 1), "hardware": hardware(self.device, self.world_size),
+            "precision": self.precision, "compiled": self.config.compile,
+            "complete": self.step >= self.config.iterations,
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         (self.out / "weights_entry.toml").write_text(manifest_entry(self.config, chosen.name, sha, summary))
         (self.out / "card.md").write_text(training_card(self.config, summary, self.history))
         return summary
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """On ``device``, images channels-last (the network's layout); a no-op for a batch cut there."""
+    tensor = tensor.to(device, non_blocking=True)
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
 def hardware(device: torch.device, world_size: int) -> str:
@@ -288,6 +377,13 @@ def hardware(device: torch.device, world_size: int) -> str:
 
 
 _NOT_LOSSES = ("step", "lr", "elapsed_s", "psnr_y", "ssim_y")
+
+
+def _precision_row(config: TrainConfig, summary: dict) -> str:
+    used = summary.get("precision", "fp32")
+    what = "fp32" if used == "fp32" else f"{used} autocast (weights and optimizer fp32)"
+    asked = f" (asked: {config.precision})" if config.precision != used else ""
+    return f"{what}{asked}{', torch.compile' if config.compile else ''}"
 
 
 def _validation(config: TrainConfig) -> str:
@@ -303,10 +399,11 @@ def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> st
         f"# {name}", "",
         "| | |", "|---|---|",
         f"| data | `{config.data}` (validation: {_validation(config)}) |",
-        f"| iterations | {summary['steps']:,} (batch {config.batch_size}, {config.patch_size}x{config.patch_size} patches) |",
+        f"| iterations | {summary['steps']:,}{'' if summary.get('complete', True) else f' of {config.iterations:,} planned'} (batch {config.batch_size}, {config.patch_size}x{config.patch_size} patches) |",
         f"| initialised from | {config.init or 'random'} |",
         *(f"| {key} | {value} |" for key, value in config.extra.items()),
         f"| optimizer | Adam, lr {config.lr}, {config.schedule} schedule, weight decay {config.weight_decay} |",
+        f"| precision | {_precision_row(config, summary)} |",
         f"| seed | {config.seed} |",
         f"| hardware | {summary['hardware']} |",
         f"| wall time | {summary['wall_time_s'] / 3600:.2f} h |",
