@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--plan", type=Path, default=ROOT / "training_plan.toml")
     parser.add_argument("--minutes", type=float, default=10.0, help="time budget, scoring included")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="train under torchrun with N one-thread processes (faster on a shared 2-core CPU)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="plan entries to run (default: all, in order)")
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data",
                         help="shared data, or a --stage folder (unpacked into the work folder)")
@@ -58,7 +60,8 @@ def main() -> int:
         print(f"imported runs: {', '.join(import_runs(args.archive, work)) or 'none newer than here'}")
     entries = select(load_plan(args.plan), args.only)
     minutes = args.minutes - (time.time() - started) / 60
-    runner = PlanRunner(entries, minutes, data_root, work, device=args.device, score=not args.no_score)
+    runner = PlanRunner(entries, minutes, data_root, work, device=args.device, score=not args.no_score,
+                        processes=args.processes)
     rows = runner.run(train=not args.score_only)
     print(report(rows))
     if args.export:

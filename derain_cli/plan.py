@@ -11,6 +11,7 @@ checkpoint. Commands run as child processes, exactly as a person would type them
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -96,8 +97,8 @@ class PlanRunner:
 
     def __init__(self, entries: list[PlanEntry], minutes: float, data_root: Path, work: Path,
                  device: str = "auto", score: bool = True, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.entries, self.data_root, self.work = entries, data_root, work
+                 clock: Callable[[], float] = time.time, processes: int = 1) -> None:
+        self.entries, self.data_root, self.work, self.processes = entries, data_root, work, processes
         self.device, self.score, self.log, self.clock = device, score, log, clock
         self.deadline = clock() + 60 * minutes
 
@@ -118,9 +119,9 @@ class PlanRunner:
         per_image = 0.3 if self.device.startswith("cuda") else 5.0
         return per_image * len(list((self.data_root / entry.test / "rain").iterdir())) + 15
 
-    def _child(self, argv: list[str], timeout: float) -> int:
+    def _child(self, argv: list[str], timeout: float, env: dict | None = None) -> int:
         self.log("$ " + shlex.join(argv[2:]).replace("derain_cli", "derain", 1))
-        child = subprocess.Popen(argv)
+        child = subprocess.Popen(argv, env=env)
         try:
             return child.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:  # Ctrl-C: the trainer keeps its last checkpoint
@@ -157,7 +158,12 @@ class PlanRunner:
                 "--device", self.device, "--minutes", f"{seconds / 60:.3f}", "-q"]
         if state.started:
             argv.append("--resume")
-        self._child(argv, seconds + STARTUP_S)
+        env = None
+        if self.processes > 1:  # torchrun: one thread per process (docs/performance.md)
+            argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.processes}", *argv[1:]]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self._child(argv, seconds + STARTUP_S, env)
 
     def score_run(self, entry: PlanEntry) -> dict | None:
         """Y-PSNR/SSIM of the run's checkpoint on its test set (cached per checkpoint sha256)."""
