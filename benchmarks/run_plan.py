@@ -12,10 +12,13 @@ runs/plan/, so a later session on the same machine resumes them.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
+
+STARTED = time.time()  # the budget covers this process's imports, unpacking and importing too
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,6 @@ def main() -> int:
     parser.add_argument("--import", dest="archive", type=Path, help="unpack an exported plan_results.tar first")
     parser.add_argument("--stage", type=Path, help="pack rain100l/train into this folder for a GPU machine, then exit")
     args = parser.parse_args()
-    started = time.time()  # the budget covers unpacking and importing too
 
     if args.stage:
         size = stage(args.data_root, ["rain100l/train"], args.stage)
@@ -59,7 +61,7 @@ def main() -> int:
     if args.archive:
         print(f"imported runs: {', '.join(import_runs(args.archive, work)) or 'none newer than here'}")
     entries = select(load_plan(args.plan), args.only)
-    minutes = args.minutes - (time.time() - started) / 60
+    minutes = args.minutes - (time.time() - STARTED) / 60
     runner = PlanRunner(entries, minutes, data_root, work, device=args.device, score=not args.no_score,
                         processes=args.processes)
     rows = runner.run(train=not args.score_only)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from derain_cli.errors import UsageError
 
 STARTUP_S = 45  # a child's imports, data decoding and final export, beyond its --minutes
 MIN_TRAINING_S = 60  # not worth starting a run with less
+STOP_GRACE_S = 20  # a child past its time gets Ctrl-C this long before the budget ends
 
 
 @dataclass(frozen=True)
@@ -114,20 +116,22 @@ class PlanRunner:
         if not self.score or not (self.data_root / entry.test).is_dir():
             return 0.0
         measured = self.run_folder(entry) / "score.json"
-        if measured.is_file():
-            return 1.2 * json.loads(measured.read_text()).get("seconds", 0) + 15
+        if measured.is_file():  # a finished scoring's time, or twice an interrupted one's
+            return 1.2 * json.loads(measured.read_text()).get("seconds", 0) + STOP_GRACE_S
         per_image = 0.3 if self.device.startswith("cuda") else 5.0
-        return per_image * len(list((self.data_root / entry.test / "rain").iterdir())) + 15
+        return per_image * len(list((self.data_root / entry.test / "rain").iterdir())) + STOP_GRACE_S
 
     def _child(self, argv: list[str], timeout: float, env: dict | None = None) -> int:
+        """Run a child for at most ``timeout`` s (never past the budget), then Ctrl-C it (a
+        trainer keeps its last checkpoint) and, if it lingers, kill it."""
         self.log("$ " + shlex.join(argv[2:]).replace("derain_cli", "derain", 1))
         child = subprocess.Popen(argv, env=env)
         try:
-            return child.wait(timeout=max(1.0, timeout))
-        except subprocess.TimeoutExpired:  # Ctrl-C: the trainer keeps its last checkpoint
+            return child.wait(timeout=max(1.0, min(timeout, self.left() - STOP_GRACE_S)))
+        except subprocess.TimeoutExpired:
             child.send_signal(signal.SIGINT)
             try:
-                return child.wait(timeout=30)
+                return child.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 child.kill()
                 return child.wait()
@@ -176,13 +180,15 @@ class PlanRunner:
             score = json.loads(cached.read_text())
             if score.get("sha256") == summary["sha256"]:
                 return score
-        if not self.score or self.left() < self._scoring_reserve(entry) - 15:
+        if not self.score or self.left() < self._scoring_reserve(entry) - STOP_GRACE_S:
             return None
         report = self.run_folder(entry) / "benchmark.json"
+        report.unlink(missing_ok=True)
         started = self.clock()
         argv = [sys.executable, "-m", "derain_cli", "benchmark", str(test), "-m", entry.method,
                 "-w", summary["checkpoint"], "--device", self.device, "--json", str(report)]
         if self._child(argv, self.left()) != 0 or not report.is_file():
+            cached.write_text(json.dumps({"seconds": 2 * (self.clock() - started), "interrupted": True}))
             return None
         result = json.loads(report.read_text())
         mean = result["results"][0]
@@ -247,29 +253,22 @@ def export(rows: list[dict], work: Path, out: Path) -> Path:
 
 
 def import_runs(archive: Path, work: Path) -> list[str]:
-    """Unpack an ``export`` archive's runs into ``work`` (runs further along are kept)."""
-    names = []
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("runs/")]
-        for member in members:
-            name = member.name.split("/")[1]
-            summary = f"runs/{name}/summary.json"
-            incoming = json.load(tar.extractfile(summary)) if summary in tar.getnames() else {}
-            if name not in names and RunState(work / name).summary.get("steps", -1) >= incoming.get("steps", 0):
-                continue  # the run here is at least as far along
-            if name not in names:
-                shutil.rmtree(work / name, ignore_errors=True)
-                names.append(name)
-            tar.extract(member, work, filter="data")
-    for name in names:  # the run folder's files refer to themselves by path: re-point them
-        folder = work / "runs" / name
-        target = work / name
-        target.mkdir(parents=True, exist_ok=True)
-        for file in folder.iterdir():
-            shutil.move(str(file), target / file.name)
-        summary = RunState(target).summary
-        if summary:
-            summary["checkpoint"] = str(target / Path(summary["checkpoint"]).name)
-            (target / "summary.json").write_text(json.dumps(summary, indent=2))
-    shutil.rmtree(work / "runs", ignore_errors=True)
-    return names
+    """Unpack an ``export`` archive's runs into ``work``, except where the run here is at
+    least as far along; returns the names imported."""
+    imported = []
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as unpacked, tarfile.open(archive) as tar:
+        tar.extractall(unpacked, members=[m for m in tar.getmembers() if m.name.startswith("runs/")], filter="data")
+        runs = Path(unpacked) / "runs"
+        for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+            target = work / folder.name
+            if RunState(target).summary.get("steps", -1) >= RunState(folder).summary.get("steps", 0):
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(folder), target)
+            summary = RunState(target).summary
+            if summary:  # it names its checkpoint by path: the path here
+                summary["checkpoint"] = str(target / Path(summary["checkpoint"]).name)
+                (target / "summary.json").write_text(json.dumps(summary, indent=2))
+            imported.append(folder.name)
+    return imported

@@ -191,6 +191,7 @@ def test_plan_runner_stops_at_its_budget_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plan_module, "STARTUP_S", 10)
     monkeypatch.setattr(plan_module, "MIN_TRAINING_S", 5)
+    monkeypatch.setattr(plan_module, "STOP_GRACE_S", 2)
     entries = load_plan(_tiny_plan(tmp_path))
     work = tmp_path / "work"
     started = time.time()
