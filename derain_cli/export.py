@@ -32,10 +32,11 @@ import torch
 from derain_cli import __version__
 from derain_cli.engine.tiling import aligned_size
 from derain_cli.errors import DerainError, UsageError, WeightsError
+from derain_cli.io import current_umask
 from derain_cli.methods import MethodSpec, get_method
 from derain_cli.weights.loading import load_into, read_state_dict
 from derain_cli.weights.manifest import split_name
-from derain_cli.weights.resolve import ResolvedWeights, resolve, sha256_of
+from derain_cli.weights.resolve import resolve, sha256_of
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript"}
@@ -197,7 +198,8 @@ def export_model(
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
     network = _OutputsInOrder(load_into(spec.build(), read_state_dict(resolved.path), resolved.label), spec.outputs).eval()
     metadata = ExportMetadata(
-        method=spec.name, tag=tag, weights=resolved.label,
+        method=spec.name, tag=tag,
+        weights=resolved.label if resolved.entry or resolved.source == "hf" else resolved.path.name,  # no local paths
         weights_sha256=resolved.entry.sha256 if resolved.entry else sha256_of(resolved.path),
         size_multiple=spec.size_multiple, size_offset=spec.size_offset, overlap=spec.overlap,
         tileable=spec.tileable, outputs=spec.outputs,
@@ -227,6 +229,7 @@ def export_model(
                 f"{spec.name}: the exported {fmt} file differs from derain's network by {difference:.2e} "
                 f"(tolerance {TOLERANCE:g}) at {checked[2]}x{checked[3]}; not written"
             )
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain write would honour the umask
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
