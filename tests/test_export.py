@@ -7,6 +7,7 @@ ONNX checks run in onnxruntime and skip when the `onnx` extra is not installed.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import numpy as np
@@ -207,6 +208,15 @@ def test_missing_onnxruntime_is_one_line_with_the_install_command(tmp_path, writ
         result = derain(*args)
         assert result.exit_code == 2, result.output
         assert 'pip install "derain[onnx]"' in result.output
+
+
+def test_export_help_does_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from derain_cli.cli import app; "
+        "r = CliRunner().invoke(app, ['export', '--help']); assert r.exit_code == 0 and '--format' in r.output; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.slow
