@@ -206,6 +206,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
+            "precision": self.precision,  # what ran (config holds what was asked)
             "scaler": self.scaler.state_dict() if self.scaler else {},
             "objective": self.objective.state_dict(),
             "objective_name": self.objective.name,
@@ -428,7 +429,8 @@ def manifest_entry(config: TrainConfig, filename: str, sha: str, summary: dict) 
     command = config.extra.get("command", "derain train")
     trained = (f"{command} on {config.data}: {summary['steps']} iterations, batch {config.batch_size}, "
                f"{config.patch_size}px patches, lr {config.lr} ({config.schedule})"
-               f"{f', from {config.init}' if config.init else ''}, {summary['hardware']}, "
+               f"{f', from {config.init}' if config.init else ''}, {summary['hardware']}"
+               f"{'' if summary.get('precision', 'fp32') == 'fp32' else ', ' + summary['precision'] + ' autocast'}, "
                f"{summary['wall_time_s'] / 3600:.2f} h{score}")
     # json strings are valid TOML basic strings (quotes and backslashes escaped)
     return (f"[{config.method}.{config.tag}]\n"
