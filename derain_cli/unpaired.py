@@ -167,7 +167,9 @@ class UnpairedObjective(Objective):
 
     def discriminator_step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """D_c ``CONTENT_UPDATES`` times, then D_a and D_b once, on this batch; their losses
-        (before each update). Generator parameters receive no gradient."""
+        (before each update). Generator parameters receive no gradient. The authors' image
+        discriminator update also adds D_c's loss to its total; here D_c learns only in its
+        own three updates (``d_content`` is the first one's loss)."""
         t, x_a, x_b = self.training, batch["rainy"], batch["clean"]
         self._set_learning_rates(int(batch["step"]))
         with torch.no_grad():
