@@ -74,8 +74,8 @@ def pick_dtype(precision: str, device: torch.device, half_safe: bool, bf16_safe:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-# Measured (docs/performance.md): LPNet on a 12 MP picture, AMD EPYC AVX2 without bf16.
-BF16_EMULATED_COST = "this CPU has no native bf16, which torch emulates: 12x slower than fp32 when measured (212 s against 17 s for a 12 MP picture); --precision fp32 is faster"
+# Measured on AMD EPYC AVX2 CPUs without bf16 (docs/performance.md): 4x to 12x slower.
+BF16_EMULATED_COST = "this CPU has no native bf16, which torch emulates: 4x to 12x slower than fp32 when measured; --precision fp32 is faster"
 
 
 def is_out_of_memory(err: BaseException) -> bool:
