@@ -9,7 +9,7 @@ function of the step, and runs the authors' iteration (``unit_noise2clear-bn.yam
    translations computed without gradients. The objective owns both optimisers.
 2. the generator step, ``losses``: the generator terms (derain_cli/methods/lir.py) for the
    Trainer's optimiser, which holds the derainer's parameters (E_a^c, G_b) and
-   ``generator_parameters()`` (E_b, E_a^n, G_a).
+   ``extra_parameters()`` (E_b, E_a^n, G_a).
 
 The noise UNIT adds to every code before decoding is drawn from a generator seeded by the
 step and the rank, so the discriminator step sees exactly the fakes the generator step makes,
@@ -18,19 +18,12 @@ schedule (x0.5 every 100k steps) as a function of the step; everything else that
 (the training-only networks, batch-norm statistics included, and both optimisers) is in
 ``state_dict``.
 
-Hook the Trainer needs (derain_cli/engine/training.py; not wired yet):
+The Trainer runs it through the Objective hooks: ``extra_parameters`` (E_b, E_a^n, G_a join
+the derainer's parameters in its Adam, with ``optimizer_options``' betas) and
+``adversary_step`` (the discriminator step, before each generator step).
 
-    # Trainer.__init__: the generator optimiser also holds the objective's generators
-    params = [*self.net.parameters(), *getattr(objective, "generator_parameters", list)()]
-    self.optimizer = torch.optim.Adam(params, lr=config.lr, betas=(0.0, 0.9), weight_decay=1e-4)  # LIR's betas
-    # Trainer.train_step, once the batch is on the device, before the generator step:
-    if hasattr(self.objective, "discriminator_step"):
-        losses_d = self.objective.discriminator_step(self.net, batch)  # log these too
-    # learning-rate schedule for the generators: x0.5 every 100k steps (recipe)
-
-Under DDP the objective's networks are not wrapped, so their gradients are not averaged over
-processes: make them part of the wrapped module (or all-reduce their gradients) before running
-this distributed. Mixed precision is not handled for the discriminator step (fp32).
+Under DDP the objective's networks would not be wrapped, so the Trainer refuses torchrun for
+it (to do: make them part of the wrapped module). The discriminator step runs in float32.
 """
 
 from __future__ import annotations
@@ -148,9 +141,15 @@ class UnpairedObjective(Objective):
         return {"rainy": self.rainy.batch(step, rank, world_size), "clean": self.clean.batch(step, rank, world_size),
                 "step": torch.tensor(step), "noise_seed": torch.tensor(noise_seed)}
 
-    def generator_parameters(self) -> list[nn.Parameter]:
+    def extra_parameters(self) -> list[nn.Parameter]:
         """E_b, E_a^n and G_a: trained by the Trainer's optimiser with the derainer's parameters."""
         return self.training.generator_parameters()
+
+    def optimizer_options(self) -> dict:
+        return {"betas": BETAS}
+
+    def adversary_step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.discriminator_step(net, batch)
 
     @staticmethod
     def _noise(batch: dict[str, torch.Tensor]):

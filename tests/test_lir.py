@@ -186,7 +186,7 @@ def _step(objective, net, optimizer, step):
 
 
 def _optimizer(net, objective, lr=1e-4):
-    return torch.optim.Adam([*net.parameters(), *objective.generator_parameters()], lr=lr, betas=(0.0, 0.9),
+    return torch.optim.Adam([*net.parameters(), *objective.extra_parameters()], lr=lr, betas=(0.0, 0.9),
                             weight_decay=1e-4)
 
 
@@ -288,3 +288,43 @@ def test_tiled_equals_whole_picture():
     tiled = InferenceEngine(net, spec, "cpu", tile=64).run(image)["image"]
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() <= 1.0 / 255
+
+
+class TinyLIR(LIR):
+    """The test configuration as a registry-style network (built with no arguments)."""
+
+    def __init__(self) -> None:
+        super().__init__(DIM, N_RES)
+
+
+def test_trainer_runs_the_unpaired_objective_and_resumes_exactly(tmp_path):
+    from derain_cli.engine.training import TrainConfig, Trainer
+
+    rainy, clean = _pictures(tmp_path / "rainy", 4, True, 0), _pictures(tmp_path / "clean", 4, False, 1)
+    spec = MethodSpec(name="lir-test", network="test_lir:TinyLIR", summary="", paper="", size_multiple=4,
+                      size_offset=0, overlap=136, half_safe=False, default_tag="none",
+                      recipe=TrainingRecipe(lr=1e-4, batch_size=BATCH, patch_size=SIZE, iterations=4))
+
+    def trainer(out: str, iterations: int) -> Trainer:
+        torch.manual_seed(0)
+        objective = UnpairedObjective.from_folders(rainy, clean, DIM, N_RES, patch_size=SIZE, batch_size=BATCH,
+                                                   warn=lambda m: None)
+        cfg = TrainConfig(method="lir-test", data=str(rainy), out=str(tmp_path / out), iterations=iterations,
+                          batch_size=BATCH, patch_size=SIZE, lr=1e-4, weight_decay=1e-4, val_every=2,
+                          checkpoint_every=2, device="cpu")
+        return Trainer(spec, cfg, objective, [], log=lambda m: None)
+
+    straight = trainer("straight", 4)
+    group = straight.optimizer.param_groups[0]
+    assert group["betas"] == (0.0, 0.9)
+    assert len(group["params"]) == len(list(straight.net.parameters())) + len(straight.objective.extra_parameters())
+    straight.train()
+    assert {"d_loss", "d_content", "loss"} <= set(straight.history[-1])
+
+    trainer("resumed", 2).train()
+    resumed = trainer("resumed", 4)
+    resumed.resume()
+    resumed.train()
+    for mine, theirs in ((resumed.net, straight.net), (resumed.objective.training, straight.objective.training)):
+        for key, value in theirs.state_dict().items():
+            assert torch.equal(value, mine.state_dict()[key]), key

@@ -38,6 +38,20 @@ class Objective:
         """Loss terms for ``batch`` (already on the network's device); ``"loss"`` is minimised."""
         raise NotImplementedError
 
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters besides the network's that the Trainer's optimiser trains with it (an
+        unpaired objective's other encoders and decoders); none by default."""
+        return []
+
+    def optimizer_options(self) -> dict:
+        """Adam options besides the learning rate and weight decay (a GAN's betas, say)."""
+        return {}
+
+    def adversary_step(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Runs before each step's ``losses`` on the same batch, with optimisers the objective
+        owns (a GAN's discriminator updates); returns detached terms to log. Nothing by default."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 

@@ -135,6 +135,9 @@ class Trainer:
         for size in objective.batch_sizes():
             if size % self.world_size:
                 raise UsageError(f"batch size {size} does not split over {self.world_size} processes")
+        if self.world_size > 1 and objective.extra_parameters():
+            # the objective's own networks are not inside the DistributedDataParallel module
+            raise UsageError(f"the {objective.name} objective does not run under torchrun yet: start one process")
         self.objective = objective
         self.device = self._init_device()
         self.precision = training_precision(config.precision, self.device, spec.bf16_training,
@@ -162,7 +165,8 @@ class Trainer:
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
         if config.compile:  # after DDP, as torch documents; the first steps pay for compiling
             self.step_module = torch.compile(self.step_module)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam([*self.net.parameters(), *objective.extra_parameters()], lr=config.lr,
+                                          weight_decay=config.weight_decay, **objective.optimizer_options())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _learning_rate(config, s) / config.lr)
         self.val_data = [load_pair(p) for p in val_pairs] if self.rank == 0 else []
         self.step, self.best, self.history = 0, None, []
@@ -273,6 +277,7 @@ class Trainer:
         """One optimisation step at ``self.step`` (not advanced); its loss terms, on the device."""
         batch = self.objective.batch(self.step, self.rank, self.world_size)
         batch = {k: _to_device(v, self.device) for k, v in batch.items()}
+        adversary = self.objective.adversary_step(self.net, batch)  # in float32, before the network's step
         with autocast(self.precision, self.device):
             losses = self.step_module(batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -284,7 +289,7 @@ class Trainer:
             losses["loss"].backward()
             self.optimizer.step()
         self.scheduler.step()
-        return losses
+        return {**losses, **adversary}
 
     def _time_is_up(self, stop_at: float | None) -> bool:
         if stop_at is None:
