@@ -256,14 +256,20 @@ def _failed(job: Job, err: Exception) -> str:
     return message
 
 
-def _read(job: Job, options: OutputOptions) -> Picture | FileResult:
-    """Stage 1: decide whether the job runs, and decode its input."""
+def _existing_output(job: Job, options: OutputOptions) -> FileResult | None:
+    """A skipped result when the output exists and ``skip_existing``; raises UsageError when an
+    output exists and may not be replaced; None when the job should run."""
     if job.target.exists() and options.skip_existing:
         return skipped(job.source, "exists", job.target)
     for path in job.outputs:
         if path.exists() and not options.overwrite:
             raise UsageError(f"{path}: output exists (use --overwrite or --skip-existing)")
-    return read_image(job.source, options.max_pixels)
+    return None
+
+
+def _read(job: Job, options: OutputOptions) -> Picture | FileResult:
+    """Stage 1: decide whether the job runs, and decode its input."""
+    return _existing_output(job, options) or read_image(job.source, options.max_pixels)
 
 
 def _write(job: Job, picture: Picture, outputs: dict[str, np.ndarray], options: OutputOptions) -> None:
@@ -371,11 +377,10 @@ def run_videos(
         start = time.perf_counter()
         result = FileResult(str(job.source), str(job.target), "ok")
         try:
-            if job.target.exists() and options.skip_existing:
-                yield skipped(job.source, "exists", job.target)
+            existing = _existing_output(job, options)
+            if existing is not None:
+                yield existing
                 continue
-            if job.target.exists() and not options.overwrite:
-                raise UsageError(f"{job.target}: output exists (use --overwrite or --skip-existing)")
             remove_stale_temporaries(job.target)
             summary = derain_video(
                 job.source, job.target, lambda frames: [out["image"] for out in derain_frames(frames)], video,
