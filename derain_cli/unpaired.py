@@ -86,6 +86,37 @@ class CropSampler:
         return torch.stack(patches[rank * share : (rank + 1) * share]).float().div_(255)
 
 
+VGG_ENTRY = "vgg19.imagenet"
+
+
+def semantic_network(vgg: str | Path | None = None, offline: bool | None = None) -> tuple[VGGFeatures, str]:
+    """The semantic loss's frozen VGG19 and where its weights came from: ``vgg`` (a
+    safetensors or .pth state dict with torchvision's or timm's keys), else the manifest's
+    ``vgg19.imagenet`` (bundled, cached or downloaded, sha256-checked). Raises UsageError with
+    the way out (``--no-semantic``) when neither is available."""
+    from derain_cli.errors import UsageError, WeightsError
+    from derain_cli.weights.loading import read_state_dict
+    from derain_cli.weights.manifest import load_manifest
+    from derain_cli.weights.resolve import locate
+
+    if vgg is not None:
+        path, label = Path(vgg), str(vgg)
+    else:
+        entry = load_manifest().get(VGG_ENTRY)
+        if entry is None:
+            raise UsageError(f"the semantic loss needs VGG19 ImageNet weights and this installation declares no "
+                             f"{VGG_ENTRY}: pass --vgg FILE (torchvision's vgg19 state dict) or --no-semantic")
+        try:
+            resolved = locate(entry, offline)
+        except WeightsError as err:
+            raise UsageError(f"{err}; or pass --vgg FILE, or --no-semantic to train without the semantic loss") from None
+        path, label = resolved.path, f"{VGG_ENTRY} (sha256 {entry.sha256[:12]})"
+    try:
+        return VGGFeatures(read_state_dict(path)), label
+    except ValueError as err:  # a state dict of another network
+        raise UsageError(f"{path}: not VGG19 weights ({err})") from None
+
+
 def _unwrap(net: nn.Module) -> LIR:
     return getattr(net, "module", net)
 
@@ -109,10 +140,13 @@ class UnpairedObjective(Objective):
 
     name = "unpaired"
 
+    pick_best = False  # unsupervised: validation pairs, if any, are watched, never used to choose weights
+
     def __init__(self, rainy: CropSampler, clean: CropSampler, dim: int, n_res: int, vgg: VGGFeatures | None = None,
                  seed: int = 0, weights: LIRWeights = LIRWeights(), lr: float = 1e-4, content_lr: float = 5e-5,
                  weight_decay: float = 1e-4, lr_step: int = 100_000) -> None:
         self.rainy, self.clean, self.vgg, self.seed = rainy, clean, vgg, seed
+        self.vgg_source = "given"
         self.lr, self.content_lr, self.lr_step = lr, content_lr, lr_step
         self.training = LIRTraining(dim, n_res, weights).train()
         self.image_opt = torch.optim.Adam(self.training.image_discriminator_parameters(), lr=lr, betas=BETAS,
@@ -206,8 +240,8 @@ class UnpairedObjective(Objective):
 
     def describe(self) -> dict[str, str]:
         t, w = self.training, self.training.weights
-        semantic = (f"on ({w.vgg} x VGG19 conv4_1, instance-normalised)" if self.vgg is not None
-                    else "off (no VGG19 weights given)")
+        semantic = (f"on ({w.vgg} x VGG19 conv4_1, instance-normalised; weights {self.vgg_source})"
+                    if self.vgg is not None else "off (--no-semantic)")
         return {
             "objective": (f"LIR (Du et al. CVPR 2020), unpaired: dim {t.dim}, {t.n_res} residual blocks; "
                           f"{w.gan} LSGAN (images, content codes) + {w.recon} L1 reconstruction + {w.cycle} L1 "
@@ -215,6 +249,7 @@ class UnpairedObjective(Objective):
             "semantic loss": semantic,
             "discriminators": (f"D_c x{CONTENT_UPDATES} per step (Adam {self.content_lr}, clip {CONTENT_CLIP}), "
                                f"D_a/D_b x1 (Adam {self.lr}), betas {BETAS}, x0.5 every {self.lr_step} steps"),
+            "weights kept": "the last step's (unsupervised: validation pairs, if any, are watched, never used to choose)",
             "data": (f"{len(self.rainy)} rainy + {len(self.clean)} clean photos (unpaired); "
                      f"{self.rainy.batch_size} + {self.clean.batch_size} crops of {self.rainy.patch_size}px per step"),
         }

@@ -44,6 +44,7 @@ def list_models() -> None:
     from rich.table import Table
 
     from derain_cli.methods import list_methods
+    from derain_cli.weights.manifest import AUXILIARY
 
     with exit_codes():
         entries = _entries(None)
@@ -57,6 +58,10 @@ def list_models() -> None:
             for e in mine:
                 source = "yours" if e.path else "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
                 table.add_row(e.name, "yes" if e.tag == spec.default_tag else "", source, _status(e), e.license)
+        for e in entries:  # training aids (VGG19 for LIR's semantic loss)
+            if e.method in AUXILIARY:
+                source = "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
+                table.add_row(e.name, "training", source, _status(e), e.license)
         console.print(table)
 
 

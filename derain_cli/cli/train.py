@@ -1,4 +1,5 @@
-"""`derain train`: supervised training on paired rainy/clean data."""
+"""`derain train`: supervised training on paired rainy/clean data, or unpaired training
+(``--rainy DIR --clean DIR``) for the methods that learn without pairs (LIR)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from derain_cli.cli.common import console, exit_codes, say
 
 
 def train(
-    data: Annotated[Path, typer.Argument(help="Paired training folder: rain/ + norain/, input/ + target/, or rain-N / norain-N files.")],
+    data: Annotated[Path | None, typer.Argument(help="Paired training folder: rain/ + norain/, input/ + target/, or rain-N / norain-N files. Not given with --rainy/--clean.")] = None,
     method: Annotated[str, typer.Option("-m", "--method", help="Method to train.")] = "lpnet",
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoints, log.jsonl, exported weights.")] = Path("runs/train"),
     val: Annotated[Path | None, typer.Option(help="Paired validation folder (default: hold out --val-split of the data).")] = None,
@@ -33,15 +34,22 @@ def train(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (the first steps pay for compiling).")] = False,
     minutes: Annotated[float | None, typer.Option(help="Stop (checkpoint written, --resume continues) after this many minutes.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    rainy: Annotated[Path | None, typer.Option(help="Unpaired training (lir, lir-small): folder of rainy photos.")] = None,
+    clean: Annotated[Path | None, typer.Option(help="Unpaired training: folder of clean photos of similar scenes (no pairs needed).")] = None,
+    semantic: Annotated[bool, typer.Option("--semantic/--no-semantic", help="Unpaired training: LIR's semantic (VGG19 perceptual) loss; needs VGG19 ImageNet weights.")] = True,
+    vgg: Annotated[Path | None, typer.Option(help="Unpaired training: VGG19 ImageNet state dict (torchvision's or timm's keys) for the semantic loss, instead of the manifest's vgg19.imagenet.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download (VGG19 for the semantic loss, --init weights).")] = False,
 ) -> None:
-    """Train a method on paired data; writes last.pth (resumable), best/final.safetensors and a
-    ready weights.toml entry. Runs under `torchrun --nproc_per_node N -m derain_cli train ...` too."""
+    """Train a method on paired data (or lir on unpaired --rainy/--clean photos); writes last.pth
+    (resumable), best/final.safetensors and a ready weights.toml entry. Runs under
+    `torchrun --nproc_per_node N -m derain_cli train ...` too (paired data)."""
     with exit_codes():
         _train(**locals())
 
 
 def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
-           val_every, checkpoint_every, resume, tag, init, seed, device, precision, compile, minutes, quiet) -> None:
+           val_every, checkpoint_every, resume, tag, init, seed, device, precision, compile, minutes, quiet,
+           rainy, clean, semantic, vgg, offline) -> None:
     import os
     import time
 
@@ -55,13 +63,18 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
 
     spec = get_method(method)
     recipe = spec.recipe
-    pairs = find_pairs(data)
-    train_pairs, val_pairs = (pairs, find_pairs(val)) if val else split_pairs(pairs, val_split)
+    unpaired = _check_data(spec, data, rainy, clean)
+    if unpaired:
+        train_pairs, val_pairs = [], find_pairs(val) if val else []
+    else:
+        pairs = find_pairs(data)
+        train_pairs, val_pairs = (pairs, find_pairs(val)) if val else split_pairs(pairs, val_split)
     config = TrainConfig(
-        method=spec.name, data=str(data), out=str(out), iterations=iterations or recipe.iterations,
+        method=spec.name, data=f"rainy {rainy}, clean {clean} (unpaired)" if unpaired else str(data), out=str(out),
+        iterations=iterations or recipe.iterations,
         batch_size=batch_size or recipe.batch_size, patch_size=patch_size or recipe.patch_size,
         lr=lr or recipe.lr, weight_decay=recipe.weight_decay if weight_decay is None else weight_decay,
-        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val else val_split,
+        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val or unpaired else val_split,
         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag, init=init,
         precision=precision, compile=compile, sampler="device",
     )
@@ -69,12 +82,19 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     log = say if rank0 and not quiet else (lambda message: None)
-    objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed,
-                                               sampler=config.sampler)
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    if unpaired:
+        objective = _unpaired_objective(spec, rainy, clean, config, semantic, vgg, log)
+        what = f"{len(objective.rainy)} rainy + {len(objective.clean)} clean unpaired photos"
+    else:
+        objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed,
+                                                   sampler=config.sampler)
+        what = f"{len(train_pairs)} pairs"
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
     if resume:
         trainer.resume()
-    log(f"training {spec.name} on {len(train_pairs)} pairs ({len(val_pairs)} for validation), "
+    log(f"training {spec.name} on {what} ({len(val_pairs)} pairs for validation), "
         f"{trainer.world_size} process(es) on {trainer.device} ({trainer.precision}"
         f"{', compiled' if compile else ''}); run folder {out}")
     show_bar = rank0 and not quiet and console.is_terminal
@@ -91,6 +111,43 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
             log(f"stopped at the time limit; `--resume` continues to {config.iterations} iterations")
         log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
         log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
+
+
+def _check_data(spec, data, rainy, clean) -> bool:
+    """Whether this is an unpaired run; a clear error for a mix that cannot work."""
+    from derain_cli.errors import UsageError
+
+    unpaired_methods = "lir, lir-small"
+    if rainy is not None or clean is not None:
+        if spec.training != "unpaired":
+            raise UsageError(f"{spec.name} trains on pairs: give DATA (rain/ + norain/); --rainy/--clean are for "
+                             f"the unpaired methods ({unpaired_methods})")
+        if rainy is None or clean is None:
+            raise UsageError("unpaired training needs both --rainy DIR and --clean DIR")
+        if data is not None:
+            raise UsageError("give either paired DATA or --rainy/--clean, not both")
+        return True
+    if data is None:
+        hint = " or --rainy DIR --clean DIR (unpaired)" if spec.training == "unpaired" else ""
+        raise UsageError(f"no training data: give a paired folder DATA{hint}")
+    return False  # paired data: every method, lir included (it fine-tunes on pairs too)
+
+
+def _unpaired_objective(spec, rainy, clean, config, semantic, vgg, log):
+    from derain_cli.unpaired import UnpairedObjective, semantic_network
+
+    network = None
+    source = "off"
+    if semantic:
+        network, source = semantic_network(vgg)
+    net = spec.build()
+    objective = UnpairedObjective.from_folders(
+        rainy, clean, net.dim, net.n_res, patch_size=config.patch_size, batch_size=config.batch_size,
+        seed=config.seed, vgg=network, warn=lambda m: log(f"warning: {m}"), lr=config.lr,
+        weight_decay=config.weight_decay)
+    objective.vgg_source = source
+    config.extra["command"] = "derain train --rainy/--clean (unpaired, LIR)"
+    return objective
 
 
 def _terms(record: dict) -> str:

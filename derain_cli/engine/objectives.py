@@ -21,6 +21,7 @@ class Objective:
     """Base class. Subclasses set ``name`` and implement ``batch`` and ``losses``."""
 
     name = "objective"
+    pick_best = True  # ship the best-validated weights; False: the last (validation only watched)
 
     def batch_sizes(self) -> tuple[int, ...]:
         """Global batch sizes of every stream; each must split over the processes."""

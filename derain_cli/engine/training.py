@@ -354,7 +354,7 @@ class Trainer:
             return {}
         sha = export_safetensors(self.net.state_dict(), self.out / "final.safetensors")
         chosen = self.out / "final.safetensors"
-        if self.best:  # the best validated weights, not necessarily the last
+        if self.best and self.objective.pick_best:  # the best validated weights, not necessarily the last
             chosen = self.out / "best.safetensors"
             sha = hashlib.sha256(chosen.read_bytes()).hexdigest()
         summary = {

@@ -53,6 +53,9 @@ class MethodSpec:
             norm uses the image's own mean and variance): such pictures are never tiled.
         bf16_training: whether bf16 autocast training follows the fp32 loss curve (measured,
             docs/performance.md); ``derain train --precision auto`` then uses it on CUDA.
+        training: "paired" (``derain train DATA`` on rainy/clean pairs) or "unpaired" (trained
+            from unrelated rainy and clean photos, ``derain train --rainy DIR --clean DIR``;
+            such a network still fine-tunes on pairs through its ``training_loss``).
         feature_stage: the sub-module (dotted name) whose output is the network's early
             feature representation, where ``finetune-real --algorithm moments`` matches the
             statistics of synthetic and real rain (its first call in a forward pass);
@@ -74,6 +77,7 @@ class MethodSpec:
     feature_stage: str | None = None
     bf16_training: bool = False
     bf16_safe: bool = False
+    training: str = "paired"
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
@@ -87,6 +91,15 @@ class MethodSpec:
         module_name, class_name = self.network.split(":")
         return getattr(importlib.import_module(module_name), class_name)()
 
+# LIR's overlaps: the engine weights the outer quarter of an overlap 0 and ramps over the middle
+# half, so seams are exact once overlap >= 4 x receptive radius (lir 82 px, lir-small 50 px); far
+# less suffices in practice (measured at random initialisation, docs/methods.md): 2.5 r and 3 r.
+_LIR_PAPER = "Du, Chen, Yang, Learning Invariant Representation for Unsupervised Image Restoration, CVPR 2020"
+_LIR_RECIPE = TrainingRecipe(
+    lr=1e-4, batch_size=16, patch_size=64, iterations=300_000, weight_decay=1e-4,
+    source="Du et al. 2020 (unit_noise2clear-bn.yaml): Adam 1e-4, betas (0, 0.9), weight decay 1e-4, x0.5 every "
+    "100k, batch 16, 64x64 crops + horizontal flip, 300k iterations",
+)
 
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec(
@@ -178,6 +191,34 @@ METHODS: tuple[MethodSpec, ...] = (
             lr=5e-4, batch_size=16, patch_size=64, iterations=100_000,
             source="Qiu et al. 2022: Adam, learning rate 5e-4, batch 16, 64x64 patches (iterations not stated; derain's choice)",
         ),
+    ),
+    MethodSpec(
+        name="lir",
+        network="derain_cli.methods.lir:LIR",
+        summary="Unsupervised: trained from unpaired rainy and clean photos (invariant content codes, 64 wide); GPU size",
+        paper=_LIR_PAPER,
+        size_multiple=4,
+        size_offset=0,
+        overlap=204,
+        half_safe=False,
+        default_tag="rain100l",
+        feature_stage="content",
+        training="unpaired",
+        recipe=_LIR_RECIPE,
+    ),
+    MethodSpec(
+        name="lir-small",
+        network="derain_cli.methods.lir:LIRSmall",
+        summary="LIR at CPU size (12 wide, 2 residual blocks): unpaired training on a CPU",
+        paper=_LIR_PAPER,
+        size_multiple=4,
+        size_offset=0,
+        overlap=152,
+        half_safe=False,
+        default_tag="rain100l",
+        feature_stage="content",
+        training="unpaired",
+        recipe=_LIR_RECIPE,
     ),
 )
 

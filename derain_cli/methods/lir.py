@@ -406,30 +406,3 @@ class LIRTraining(nn.Module):
         """LSGAN loss of D_c: rainy codes -> 0, clean codes -> 1 (codes detached)."""
         return lsgan_discriminator([self.dis_c(h_a.detach())], [self.dis_c(h_b.detach())])
 
-
-# Registry entries for derain_cli/methods/__init__.py (to be added by whoever owns that file).
-# overlap: the engine gives the outer quarter of an overlap weight 0 and ramps over the middle half,
-# so seams are exact once overlap >= 4 x receptive_radius; at random initialisation (seams measured
-# through InferenceEngine, tile 2 x overlap + 12, 400x500 / 300x400 pictures) far less suffices:
-#   lir (r = 82):       overlap 164 -> 0.11/255, 204 -> 0.017/255, 248 -> 0
-#   lir-small (r = 50): overlap 124 -> 0.40/255, 152 -> 0.029/255 (dim 16: 100 -> 1.27/255, 200 -> 0)
-# chosen: 2.5 r for lir (204), 3 r for lir-small (152); re-measure once trained weights exist.
-SUGGESTED_SPECS = """
-    MethodSpec(
-        name="lir",
-        network="derain_cli.methods.lir:LIR",
-        summary="Unsupervised deraining from unpaired rainy and clean photos (invariant content codes, 64-wide)",
-        paper="Du, Chen, Yang, Learning Invariant Representation for Unsupervised Image Restoration, CVPR 2020",
-        size_multiple=4, size_offset=0, overlap=204, half_safe=False, default_tag="rain100l",
-        feature_stage="content",
-        recipe=TrainingRecipe(
-            lr=1e-4, batch_size=16, patch_size=64, iterations=300_000, weight_decay=1e-4,
-            source="Du et al. 2020 (unit_noise2clear-bn.yaml): Adam 1e-4, betas (0, 0.9), weight decay 1e-4, "
-            "x0.5 every 100k, batch 16, 64x64 crops + horizontal flip, 300k iterations",
-        ),
-    ),
-    MethodSpec(
-        name="lir-small", network="derain_cli.methods.lir:LIRSmall", ... same, overlap=152,
-        summary="LIR at CPU size (dim 12, 2 residual blocks)", ...
-    ),
-"""

@@ -26,6 +26,10 @@ from derain_cli.errors import UsageError, WeightsError
 from derain_cli.methods import get_method
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+# Weights that are not a derainer but that training needs, by name: their entries resolve,
+# download and verify like any checkpoint (``vgg19.imagenet``), and no method builds them.
+AUXILIARY = {"vgg19": ("imagenet", "VGG19 ImageNet weights for LIR's semantic loss (training only)")}
 BUNDLED_DIR = PACKAGE_DIR / "weights" / "files"
 
 
@@ -99,7 +103,8 @@ def load_manifest(path: Path | None = None) -> dict[str, WeightsEntry]:
         raise WeightsError(f"{path}: cannot read the weights manifest ({err})") from None
     entries = {}
     for method, tags in data.items():
-        get_method(method)  # an entry for an unknown method is a packaging bug: fail loudly
+        if method not in AUXILIARY:
+            get_method(method)  # an entry for an unknown method is a packaging bug: fail loudly
         for tag, table in tags.items():
             entry = _entry(method, tag, table, path)
             entries[entry.name] = entry
@@ -109,6 +114,8 @@ def load_manifest(path: Path | None = None) -> dict[str, WeightsEntry]:
 def split_name(name: str) -> tuple[str, str]:
     """``lpnet`` -> (``lpnet``, its default tag); ``lpnet.rain100h`` -> (``lpnet``, ``rain100h``)."""
     method, _, tag = name.partition(".")
+    if method in AUXILIARY:
+        return method, tag or AUXILIARY[method][0]
     spec = get_method(method)
     if _ and not tag:
         raise UsageError(f"'{name}' has an empty tag; write {method} or {method}.TAG")

@@ -1,0 +1,130 @@
+"""LIR from the command line: `derain train --method lir-small --rainy A --clean B`, its errors,
+and the semantic loss's VGG19 resolved through the weights manifest (fake Hub)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from derain_cli.cli import app
+from derain_cli.errors import UsageError
+from derain_cli.methods import get_method
+from derain_cli.unpaired import VGG_ENTRY, semantic_network
+from derain_cli.weights.manifest import split_name
+
+from conftest import rainy_picture
+from test_lir import _pictures, _vgg_state
+from test_weights import REPO, REVISION, hub, manifest  # noqa: F401  (fixtures)
+
+runner = CliRunner()
+
+
+def _paired(folder):
+    for sub, seed in (("rain", 0), ("norain", 1)):
+        (folder / sub).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rainy_picture(72, 88, seed=seed + 10 * i)).save(folder / sub / f"{i}.png")
+    return folder
+
+
+def test_registered_with_unpaired_training():
+    for name in ("lir", "lir-small"):
+        spec = get_method(name)
+        assert spec.training == "unpaired" and spec.size_multiple == 4 and spec.tileable
+    assert get_method("lir-small").build().dim < get_method("lir").build().dim
+
+
+def test_cli_trains_lir_small_on_unpaired_folders_and_remove_uses_it(tmp_path):
+    rainy, clean = _pictures(tmp_path / "rainy", 3, True, 0), _pictures(tmp_path / "clean", 3, False, 1)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--method", "lir-small", "--rainy", str(rainy), "--clean", str(clean),
+                                 "--no-semantic", "--val", str(_paired(tmp_path / "val")), "-o", str(out),
+                                 "--iterations", "2", "--batch-size", "2", "--val-every", "1", "--tag", "mine",
+                                 "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    card = (out / "card.md").read_text()
+    assert "(unpaired)" in card and "off (--no-semantic)" in card and "the last step's" in card
+    entry = (out / "weights_entry.toml").read_text()
+    assert "[lir-small.mine]" in entry and "copy final.safetensors" in entry  # the last weights, not the best
+    picture = tmp_path / "photo.png"
+    Image.fromarray(rainy_picture(60, 70)).save(picture)
+    result = runner.invoke(app, ["remove", str(picture), "-m", "lir-small", "--weights", str(out / "final.safetensors"),
+                                 "-o", str(tmp_path / "clean_out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "clean_out" / "photo.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lpnet", "--rainy", "R", "--clean", "C"], "lpnet trains on pairs"),
+    (["--method", "lir-small", "--rainy", "R"], "needs both --rainy DIR and --clean DIR"),
+    (["--method", "lir-small"], "--rainy DIR --clean DIR"),
+    (["DATA", "--method", "lir-small", "--rainy", "R", "--clean", "C"], "not both"),
+])
+def test_cli_unpaired_mistakes_get_one_line(args, message, tmp_path):
+    result = runner.invoke(app, ["train", *args, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_semantic_loss_without_vgg_weights_offers_no_semantic(manifest, tmp_path):  # noqa: F811
+    manifest("")  # an installation that declares no vgg19.imagenet
+    rainy, clean = _pictures(tmp_path / "rainy", 2, True, 0), _pictures(tmp_path / "clean", 2, False, 1)
+    result = runner.invoke(app, ["train", "--method", "lir-small", "--rainy", str(rainy), "--clean", str(clean),
+                                 "-o", str(tmp_path / "run"), "--iterations", "1"])
+    assert result.exit_code == 2 and "--no-semantic" in result.output and "--vgg FILE" in result.output
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def _vgg_manifest(sha: str) -> str:
+    return f"""
+[{VGG_ENTRY}]
+hub = {{ repo = "{REPO}", filename = "vgg19.safetensors", revision = "{REVISION}" }}
+sha256 = "{sha}"
+license = "BSD-3-Clause"
+trained = "ImageNet (torchvision)"
+"""
+
+
+def test_vgg19_resolves_through_the_manifest_from_the_hub(manifest, hub, tmp_path, monkeypatch):  # noqa: F811
+    path = tmp_path / "vgg19.safetensors"
+    save_file(_vgg_state(), str(path))
+    body = path.read_bytes()
+    hub.publish("vgg19.safetensors", body)
+    manifest(_vgg_manifest(hashlib.sha256(body).hexdigest()))
+    assert split_name("vgg19") == ("vgg19", "imagenet")
+    network, label = semantic_network()
+    assert VGG_ENTRY in label and network(torch.rand(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+    hub.requests.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    semantic_network()  # cached: offline is fine
+    assert hub.requests == []
+
+
+def test_vgg19_with_wrong_sha_or_offline_miss_is_refused_with_the_way_out(manifest, hub, tmp_path, monkeypatch):  # noqa: F811
+    path = tmp_path / "vgg19.safetensors"
+    save_file(_vgg_state(), str(path))
+    hub.publish("vgg19.safetensors", path.read_bytes() + b"tampered")
+    manifest(_vgg_manifest(hashlib.sha256(path.read_bytes()).hexdigest()))
+    with pytest.raises(UsageError, match="refused.*--no-semantic"):
+        semantic_network()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="offline.*--no-semantic"):
+        semantic_network()
+
+
+def test_vgg_file_of_another_network_is_named(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"features.0.weight": torch.zeros(8, 3, 3, 3)}, str(path))
+    with pytest.raises(UsageError, match="other.safetensors: not VGG19 weights"):
+        semantic_network(path)
+    network, label = semantic_network(_save(tmp_path / "vgg.pth"))
+    assert label.endswith("vgg.pth")
+
+
+def _save(path):
+    torch.save(_vgg_state(), path)
+    return path
