@@ -45,7 +45,7 @@ def test_cli_trains_lir_small_on_unpaired_folders_and_remove_uses_it(tmp_path):
     result = runner.invoke(app, ["train", "--method", "lir-small", "--rainy", str(rainy), "--clean", str(clean),
                                  "--no-semantic", "--val", str(_paired(tmp_path / "val")), "-o", str(out),
                                  "--iterations", "2", "--batch-size", "2", "--val-every", "1", "--tag", "mine",
-                                 "--device", "cpu", "-q"])
+                                 "--device", "cpu"])
     assert result.exit_code == 0, result.output
     card = (out / "card.md").read_text()
     assert "(unpaired)" in card and "off (--no-semantic)" in card and "the last step's" in card
@@ -53,8 +53,8 @@ def test_cli_trains_lir_small_on_unpaired_folders_and_remove_uses_it(tmp_path):
     assert "[lir-small.mine]" in entry and "copy final.safetensors" in entry  # the last weights, not the best
     picture = tmp_path / "photo.png"
     Image.fromarray(rainy_picture(60, 70)).save(picture)
-    result = runner.invoke(app, ["remove", str(picture), "-m", "lir-small", "--weights", str(out / "final.safetensors"),
-                                 "-o", str(tmp_path / "clean_out")])
+    assert "saved as your model lir-small.mine" in result.output
+    result = runner.invoke(app, ["remove", str(picture), "-m", "lir-small.mine", "-o", str(tmp_path / "clean_out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "clean_out" / "photo.png").is_file()
 

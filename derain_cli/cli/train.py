@@ -26,7 +26,7 @@ def train(
     val_every: Annotated[int, typer.Option(help="Validate (Y-PSNR/SSIM) and log every N iterations.")] = 1000,
     checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    tag: Annotated[str, typer.Option(help="Weights tag for the exported manifest entry (method.tag).")] = "custom",
+    tag: Annotated[str, typer.Option(help="Name of the result: saved as your model METHOD.TAG (use it with -m METHOD.TAG; a shipped name is not saved), and the manifest entry's tag.")] = "custom",
     init: Annotated[str | None, typer.Option(help="Start from these weights (file, hf:// URL or method.tag, e.g. lpnet.rain100l) instead of random initialisation.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and patch sampling.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (torchrun processes take their local GPU).")] = "auto",
@@ -78,6 +78,7 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag, init=init,
         precision=precision, compile=compile, sampler="device",
     )
+    installable = _installable(f"{spec.name}.{tag}")
     if (out / "last.pth").exists() and not resume:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -111,6 +112,34 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
             log(f"stopped at the time limit; `--resume` continues to {config.iterations} iterations")
         log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
         log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
+        if installable:
+            _install(installable, out, summary, log)
+        else:
+            log(f"{spec.name}.{tag} is a checkpoint shipped with derain: not saved among your models")
+
+
+def _installable(name: str) -> str | None:
+    """METHOD.TAG under which the result joins the user's models; None for a shipped name
+    (a run that reproduces a shipped checkpoint). A malformed tag is refused before training."""
+    from derain_cli.weights.manifest import load_manifest
+    from derain_cli.weights.user import check_installable
+
+    if name in load_manifest():
+        return None
+    return check_installable(name)
+
+
+def _install(name: str, out: Path, summary: dict, log) -> None:
+    """Save the run's weights as the user's model ``name`` (``-m name`` then finds it)."""
+    import tomllib
+
+    from derain_cli.weights.user import install
+
+    entry = tomllib.loads((out / "weights_entry.toml").read_text())
+    table = next(iter(next(iter(entry.values())).values()))
+    folder = install(name, Path(summary["checkpoint"]), summary["sha256"], table["trained"],
+                     (out / "card.md").read_text())
+    log(f"saved as your model {name} ({folder}); use it with -m {name}")
 
 
 def _check_data(spec, data, rainy, clean) -> bool:
