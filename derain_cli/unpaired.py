@@ -9,7 +9,7 @@ function of the step, and runs the authors' iteration (``unit_noise2clear-bn.yam
    translations computed without gradients. The objective owns both optimisers.
 2. the generator step, ``losses``: the generator terms (derain_cli/methods/lir.py) for the
    Trainer's optimiser, which holds the derainer's parameters (E_a^c, G_b) and
-   ``extra_parameters()`` (E_b, E_a^n, G_a).
+   ``extra_modules()`` (E_b, E_a^n, G_a).
 
 The noise UNIT adds to every code before decoding is drawn from a generator seeded by the
 step and the rank, so the discriminator step sees exactly the fakes the generator step makes,
@@ -18,12 +18,15 @@ schedule (x0.5 every 100k steps) as a function of the step; everything else that
 (the training-only networks, batch-norm statistics included, and both optimisers) is in
 ``state_dict``.
 
-The Trainer runs it through the Objective hooks: ``extra_parameters`` (E_b, E_a^n, G_a join
-the derainer's parameters in its Adam, with ``optimizer_options``' betas) and
+The Trainer runs it through the Objective hooks: ``extra_modules`` (E_b, E_a^n, G_a join
+the derainer in its Adam, with ``optimizer_options``' betas, and in the module DDP wraps) and
 ``adversary_step`` (the discriminator step, before each generator step).
 
-Under DDP the objective's networks would not be wrapped, so the Trainer refuses torchrun for
-it (to do: make them part of the wrapped module). The discriminator step runs in float32.
+Under torchrun each process takes its share of both streams' crops; the discriminators'
+gradients are averaged over the processes by hand (``average_gradients``: they live outside
+the DDP module) and the Trainer checks at the end that every process holds the same weights.
+Batch norm normalises with each process's own share of the batch (not synchronised). The
+discriminator step runs in float32.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch
 from torch import nn
 
 from derain_cli.data import DatasetError, find_photos, shrink
-from derain_cli.engine.objectives import Objective
+from derain_cli.engine.objectives import Objective, average_gradients
 from derain_cli.errors import DerainError
 from derain_cli.io import read_image
 from derain_cli.methods.lir import LIR, LIRTraining, LIRWeights, VGGFeatures
@@ -175,9 +178,13 @@ class UnpairedObjective(Objective):
         return {"rainy": self.rainy.batch(step, rank, world_size), "clean": self.clean.batch(step, rank, world_size),
                 "step": torch.tensor(step), "noise_seed": torch.tensor(noise_seed)}
 
-    def extra_parameters(self) -> list[nn.Parameter]:
-        """E_b, E_a^n and G_a: trained by the Trainer's optimiser with the derainer's parameters."""
-        return self.training.generator_parameters()
+    def extra_modules(self) -> list[nn.Module]:
+        """E_b, E_a^n and G_a: trained by the Trainer's optimiser with the derainer."""
+        return self.training.generators()
+
+    def adversary_parameters(self) -> list[nn.Parameter]:
+        t = self.training
+        return [*t.image_discriminator_parameters(), *t.dis_c.parameters()]
 
     def optimizer_options(self) -> dict:
         return {"betas": BETAS}
@@ -212,12 +219,14 @@ class UnpairedObjective(Objective):
             self.content_opt.zero_grad(set_to_none=True)
             loss = t.weights.gan * t.content_discriminator_loss(codes["h_a"], codes["h_b"])
             loss.backward()
+            average_gradients(list(t.dis_c.parameters()))
             nn.utils.clip_grad_norm_(t.dis_c.parameters(), CONTENT_CLIP)
             self.content_opt.step()
             content_losses.append(loss.detach())
         self.image_opt.zero_grad(set_to_none=True)
         image = t.image_discriminator_losses(x_a, x_b, codes["x_ba"], codes["x_ab"])
         image["loss"].backward()
+        average_gradients(t.image_discriminator_parameters())
         self.image_opt.step()
         return {"d_loss": image["loss"].detach(), "d_a": image["d_a"], "d_b": image["d_b"],
                 "d_content": content_losses[0]}

@@ -128,3 +128,24 @@ def test_vgg_file_of_another_network_is_named(tmp_path):
 def _save(path):
     torch.save(_vgg_state(), path)
     return path
+
+
+@pytest.mark.slow
+def test_unpaired_training_under_torchrun_keeps_processes_in_step(tmp_path):
+    """Two CPU processes (gloo): each takes half of both streams' crops; the generators are
+    averaged by DDP, the discriminators by hand. The Trainer's end-of-run check fails the run
+    if any process holds other weights (as it would without the discriminators' averaging)."""
+    import os
+    import subprocess
+    import sys
+
+    rainy, clean = _pictures(tmp_path / "rainy", 3, True, 0), _pictures(tmp_path / "clean", 3, False, 1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "derain_cli", "train", "--method", "lir-small", "--rainy", str(rainy), "--clean",
+                          str(clean), "--no-semantic", "-o", str(tmp_path / "two"), "--iterations", "2",
+                          "--batch-size", "4", "--val-every", "2", "--device", "cpu", "-q"],
+                         env=env, timeout=300, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "two" / "final.safetensors").is_file()
+    assert "2 x CPU" in (tmp_path / "two" / "card.md").read_text()

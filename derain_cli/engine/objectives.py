@@ -39,9 +39,19 @@ class Objective:
         """Loss terms for ``batch`` (already on the network's device); ``"loss"`` is minimised."""
         raise NotImplementedError
 
+    def extra_modules(self) -> list[nn.Module]:
+        """Networks besides the derainer that the Trainer's optimiser trains with it (an
+        unpaired objective's other encoders and decoders); under torchrun they are wrapped
+        with the derainer, so their gradients are averaged over the processes. None by default."""
+        return []
+
     def extra_parameters(self) -> list[nn.Parameter]:
-        """Parameters besides the network's that the Trainer's optimiser trains with it (an
-        unpaired objective's other encoders and decoders); none by default."""
+        return [p for module in self.extra_modules() for p in module.parameters()]
+
+    def adversary_parameters(self) -> list[nn.Parameter]:
+        """Parameters the objective's own ``adversary_step`` trains (a GAN's discriminators):
+        the Trainer makes them equal on every process at the start and checks they still are
+        at the end; ``average_gradients`` keeps them so in between."""
         return []
 
     def optimizer_options(self) -> dict:
@@ -62,6 +72,25 @@ class Objective:
     def describe(self) -> dict[str, str]:
         """Rows for the training card: what this objective used."""
         return {}
+
+
+def average_gradients(parameters: list[nn.Parameter]) -> None:
+    """Under torchrun, replace each gradient by its mean over the processes (what DDP does for
+    the modules it wraps); nothing in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 class SupervisedObjective(Objective):

@@ -74,6 +74,7 @@ class TrainStep(nn.Module):
     def __init__(self, net: nn.Module, objective: Objective) -> None:
         super().__init__()
         self.net = net
+        self.extras = nn.ModuleList(objective.extra_modules())  # trained with net (DDP averages them too)
         self.objective = objective
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -135,9 +136,6 @@ class Trainer:
         for size in objective.batch_sizes():
             if size % self.world_size:
                 raise UsageError(f"batch size {size} does not split over {self.world_size} processes")
-        if self.world_size > 1 and objective.extra_parameters():
-            # the objective's own networks are not inside the DistributedDataParallel module
-            raise UsageError(f"the {objective.name} objective does not run under torchrun yet: start one process")
         self.objective = objective
         self.device = self._init_device()
         self.precision = training_precision(config.precision, self.device, spec.bf16_training,
@@ -146,6 +144,8 @@ class Trainer:
         if self.device.type == "cuda":  # fixed patch shapes: let cuDNN pick its fastest kernels once
             torch.backends.cudnn.benchmark = True
         objective.to(self.device)
+        if self.world_size > 1:
+            self._broadcast(objective.adversary_parameters())  # DDP does this for what it wraps
         config.extra.update(objective.describe())
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +258,27 @@ class Trainer:
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.started
 
+    @staticmethod
+    def _broadcast(parameters: list[nn.Parameter]) -> None:
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for p in parameters:
+                dist.broadcast(p.data, 0)
+
+    def _check_processes_agree(self) -> None:
+        """Every process must end with the same trained weights (a bug in gradient averaging
+        would otherwise ship rank 0's share of a diverged run): compare a fingerprint."""
+        import torch.distributed as dist
+
+        params = [*self.net.parameters(), *self.objective.extra_parameters(), *self.objective.adversary_parameters()]
+        with torch.no_grad():
+            mine = torch.stack([sum(p.double().sum() for p in params), sum(p.double().abs().sum() for p in params)])
+        everyone = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(everyone, mine)
+        if any(not torch.equal(other, everyone[0]) for other in everyone):
+            raise RuntimeError(f"the {self.world_size} processes ended with different weights: {everyone}")
+
     def save(self) -> None:
         if self.rank == 0:
             save_atomic(self.state(), self.last_path)
@@ -347,9 +368,7 @@ class Trainer:
     def finish(self) -> dict:
         """Final weights (and best, if validated) as safetensors, plus a manifest entry."""
         if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+            self._check_processes_agree()  # a collective: also the barrier before rank 0 writes
         if self.rank != 0:
             return {}
         sha = export_safetensors(self.net.state_dict(), self.out / "final.safetensors")
