@@ -1,4 +1,5 @@
-"""The unpaired split of a paired training set, for LIR's evidence (docs/weights/lir-small.rain100l.md).
+"""The unpaired split of a paired training set as folders of links: the halves
+`derain train DATA --method lir --split-unpaired` trains on (docs/weights/lir-small.rain100l.md).
 
 Pairs sorted as ``derain train`` sorts them; every 20th held out as paired validation (the pairs
 ``derain train`` holds out by default, --val-split 0.05); of the rest, the rainy picture of every
@@ -15,12 +16,14 @@ from pathlib import Path
 
 from derain_cli.data import find_pairs
 from derain_cli.engine.training import split_pairs
+from derain_cli.unpaired import unpaired_halves
 
 
 def split(source: Path, out: Path) -> dict[str, int]:
     pairs = find_pairs(source)
     rest, held = split_pairs(pairs, 0.05)
-    links = {"rainy": [p.rainy for p in rest[0::2]], "clean": [p.clean for p in rest[1::2]],
+    rainy, clean = unpaired_halves(rest)
+    links = {"rainy": rainy, "clean": clean,
              "val/rain": [p.rainy for p in held], "val/norain": [p.clean for p in held]}
     for folder, files in links.items():
         (out / folder).mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from derain_cli.data import DatasetError, find_photos, shrink
+from derain_cli.data import DatasetError, Pair, find_photos, shrink
 from derain_cli.engine.objectives import Objective, average_gradients
 from derain_cli.errors import DerainError
 from derain_cli.io import read_image
@@ -87,6 +87,13 @@ class CropSampler:
             patch = image[:, y : y + p, x : x + p]
             patches.append(patch.flip(2) if int(torch.randint(2, (1,), generator=g)) else patch)
         return torch.stack(patches[rank * share : (rank + 1) * share]).float().div_(255)
+
+
+def unpaired_halves(pairs: list[Pair]) -> tuple[list[Path], list[Path]]:
+    """An unpaired training set made from pairs, as unsupervised papers evaluate: the rainy
+    pictures of the even-numbered pairs and the clean pictures of the odd-numbered ones, so no
+    scene is seen in both domains."""
+    return [p.rainy for p in pairs[0::2]], [p.clean for p in pairs[1::2]]
 
 
 VGG_ENTRY = "vgg19.imagenet"
@@ -158,11 +165,15 @@ class UnpairedObjective(Objective):
                                             weight_decay=weight_decay)
 
     @classmethod
-    def from_folders(cls, rainy: str | Path, clean: str | Path, dim: int, n_res: int, patch_size: int = 64,
-                     batch_size: int = 16, seed: int = 0, vgg: VGGFeatures | None = None, warn=print,
-                     **options) -> "UnpairedObjective":
-        return cls(CropSampler(find_photos(rainy), patch_size, batch_size, seed, 0, warn=warn),
-                   CropSampler(find_photos(clean), patch_size, batch_size, seed, 1, warn=warn),
+    def from_folders(cls, rainy: str | Path, clean: str | Path, dim: int, n_res: int, **options) -> "UnpairedObjective":
+        return cls.from_photos(find_photos(rainy), find_photos(clean), dim, n_res, **options)
+
+    @classmethod
+    def from_photos(cls, rainy: list[Path], clean: list[Path], dim: int, n_res: int, patch_size: int = 64,
+                    batch_size: int = 16, seed: int = 0, vgg: VGGFeatures | None = None, warn=print,
+                    **options) -> "UnpairedObjective":
+        return cls(CropSampler(rainy, patch_size, batch_size, seed, 0, warn=warn),
+                   CropSampler(clean, patch_size, batch_size, seed, 1, warn=warn),
                    dim, n_res, vgg, seed, **options)
 
     def batch_sizes(self) -> tuple[int, ...]:

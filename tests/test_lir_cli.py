@@ -59,11 +59,34 @@ def test_cli_trains_lir_small_on_unpaired_folders_and_remove_uses_it(tmp_path):
     assert (tmp_path / "clean_out" / "photo.png").is_file()
 
 
+def test_split_unpaired_trains_on_disjoint_halves_of_pairs(tmp_path):
+    from derain_cli.data import find_pairs
+    from derain_cli.unpaired import unpaired_halves
+
+    data = tmp_path / "pairs"
+    for sub, seed in (("rain", 0), ("norain", 1)):
+        (data / sub).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rainy_picture(72, 88, seed=seed + 10 * i)).save(data / sub / f"{i}.png")
+    rainy, clean = unpaired_halves(find_pairs(data))
+    assert len(rainy) == len(clean) == 3 and not {p.name for p in rainy} & {p.name for p in clean}
+    assert all(p.parent.name == "rain" for p in rainy) and all(p.parent.name == "norain" for p in clean)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(data), "--method", "lir-small", "--split-unpaired", "--no-semantic",
+                                 "-o", str(out), "--iterations", "1", "--batch-size", "2", "--val-split", "0.2",
+                                 "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    card = (out / "card.md").read_text()
+    assert "--split-unpaired: rainy pictures of 2 pairs, clean pictures of 2 others" in card  # 6 pairs, 2 held out
+    assert "2 rainy + 2 clean photos" in card
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "lpnet", "--rainy", "R", "--clean", "C"], "lpnet trains on pairs"),
     (["--method", "lir-small", "--rainy", "R"], "needs both --rainy DIR and --clean DIR"),
     (["--method", "lir-small"], "--rainy DIR --clean DIR"),
     (["DATA", "--method", "lir-small", "--rainy", "R", "--clean", "C"], "not both"),
+    (["DATA", "--method", "msdn", "--split-unpaired"], "msdn trains on pairs"),
 ])
 def test_cli_unpaired_mistakes_get_one_line(args, message, tmp_path):
     result = runner.invoke(app, ["train", *args, "-o", str(tmp_path / "run")])

@@ -39,6 +39,7 @@ def train(
     semantic: Annotated[bool, typer.Option("--semantic/--no-semantic", help="Unpaired training: LIR's semantic (VGG19 perceptual) loss; needs VGG19 ImageNet weights.")] = True,
     vgg: Annotated[Path | None, typer.Option(help="Unpaired training: VGG19 ImageNet state dict (torchvision's or timm's keys) for the semantic loss, instead of the manifest's vgg19.imagenet.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download (VGG19 for the semantic loss, --init weights).")] = False,
+    split_unpaired: Annotated[bool, typer.Option("--split-unpaired", help="Unpaired training on paired DATA, as unsupervised papers evaluate: the rainy pictures of half the pairs against the clean pictures of the other half (validation held out as usual).")] = False,
 ) -> None:
     """Train a method on paired data (or lir on unpaired --rainy/--clean photos); writes last.pth
     (resumable), best/final.safetensors and a ready weights.toml entry. Runs under
@@ -49,32 +50,39 @@ def train(
 
 def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
            val_every, checkpoint_every, resume, tag, init, seed, device, precision, compile, minutes, quiet,
-           rainy, clean, semantic, vgg, offline) -> None:
+           rainy, clean, semantic, vgg, offline, split_unpaired) -> None:
     import os
     import time
 
     started = time.time()
 
-    from derain_cli.data import find_pairs
+    from derain_cli.data import find_pairs, find_photos
     from derain_cli.engine.objectives import SupervisedObjective
     from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
     from derain_cli.errors import UsageError
     from derain_cli.methods import get_method
+    from derain_cli.unpaired import unpaired_halves
 
     spec = get_method(method)
     recipe = spec.recipe
-    unpaired = _check_data(spec, data, rainy, clean)
-    if unpaired:
+    mode = _check_data(spec, data, rainy, clean, split_unpaired)
+    unpaired = mode != "paired"
+    if mode == "folders":
         train_pairs, val_pairs = [], find_pairs(val) if val else []
+        photos = (find_photos(rainy), find_photos(clean))
+        described = f"rainy {rainy}, clean {clean} (unpaired)"
     else:
         pairs = find_pairs(data)
         train_pairs, val_pairs = (pairs, find_pairs(val)) if val else split_pairs(pairs, val_split)
+        photos = unpaired_halves(train_pairs)
+        described = (f"{data}, --split-unpaired: rainy pictures of {len(photos[0])} pairs, clean pictures of "
+                     f"{len(photos[1])} others (unpaired)" if unpaired else str(data))
     config = TrainConfig(
-        method=spec.name, data=f"rainy {rainy}, clean {clean} (unpaired)" if unpaired else str(data), out=str(out),
+        method=spec.name, data=described, out=str(out),
         iterations=iterations or recipe.iterations,
         batch_size=batch_size or recipe.batch_size, patch_size=patch_size or recipe.patch_size,
         lr=lr or recipe.lr, weight_decay=recipe.weight_decay if weight_decay is None else weight_decay,
-        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val or unpaired else val_split,
+        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val or mode == "folders" else val_split,
         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag, init=init,
         precision=precision, compile=compile, sampler="device",
     )
@@ -86,13 +94,15 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     if unpaired:
-        objective = _unpaired_objective(spec, rainy, clean, config, semantic, vgg, log)
+        objective = _unpaired_objective(spec, *photos, config, semantic, vgg, log)
         what = f"{len(objective.rainy)} rainy + {len(objective.clean)} clean unpaired photos"
     else:
         objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed,
                                                    sampler=config.sampler)
         what = f"{len(train_pairs)} pairs"
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
+    if spec.name == "lir" and trainer.device.type == "cpu":
+        log("warning: lir is the paper's size (11 M parameters), meant for a GPU; lir-small is the CPU size")
     if resume:
         trainer.resume()
     log(f"training {spec.name} on {what} ({len(val_pairs)} pairs for validation), "
@@ -142,27 +152,28 @@ def _install(name: str, out: Path, summary: dict, log) -> None:
     log(f"saved as your model {name} ({folder}); use it with -m {name}")
 
 
-def _check_data(spec, data, rainy, clean) -> bool:
-    """Whether this is an unpaired run; a clear error for a mix that cannot work."""
+def _check_data(spec, data, rainy, clean, split_unpaired) -> str:
+    """"paired", "folders" (--rainy/--clean) or "split" (--split-unpaired); a clear error for a
+    mix that cannot work."""
     from derain_cli.errors import UsageError
 
     unpaired_methods = "lir, lir-small"
+    if (rainy is not None or clean is not None or split_unpaired) and spec.training != "unpaired":
+        raise UsageError(f"{spec.name} trains on pairs: give DATA (rain/ + norain/); --rainy/--clean and "
+                         f"--split-unpaired are for the unpaired methods ({unpaired_methods})")
     if rainy is not None or clean is not None:
-        if spec.training != "unpaired":
-            raise UsageError(f"{spec.name} trains on pairs: give DATA (rain/ + norain/); --rainy/--clean are for "
-                             f"the unpaired methods ({unpaired_methods})")
         if rainy is None or clean is None:
             raise UsageError("unpaired training needs both --rainy DIR and --clean DIR")
-        if data is not None:
-            raise UsageError("give either paired DATA or --rainy/--clean, not both")
-        return True
+        if data is not None or split_unpaired:
+            raise UsageError("give either DATA or --rainy/--clean, not both")
+        return "folders"
     if data is None:
         hint = " or --rainy DIR --clean DIR (unpaired)" if spec.training == "unpaired" else ""
         raise UsageError(f"no training data: give a paired folder DATA{hint}")
-    return False  # paired data: every method, lir included (it fine-tunes on pairs too)
+    return "split" if split_unpaired else "paired"  # lir on plain pairs: L1 fine-tuning
 
 
-def _unpaired_objective(spec, rainy, clean, config, semantic, vgg, log):
+def _unpaired_objective(spec, rainy: list, clean: list, config, semantic, vgg, log):
     from derain_cli.unpaired import UnpairedObjective, semantic_network
 
     network = None
@@ -170,12 +181,12 @@ def _unpaired_objective(spec, rainy, clean, config, semantic, vgg, log):
     if semantic:
         network, source = semantic_network(vgg)
     net = spec.build()
-    objective = UnpairedObjective.from_folders(
+    objective = UnpairedObjective.from_photos(
         rainy, clean, net.dim, net.n_res, patch_size=config.patch_size, batch_size=config.batch_size,
         seed=config.seed, vgg=network, warn=lambda m: log(f"warning: {m}"), lr=config.lr,
         weight_decay=config.weight_decay)
     objective.vgg_source = source
-    config.extra["command"] = "derain train --rainy/--clean (unpaired, LIR)"
+    config.extra["command"] = "derain train (unpaired, LIR)"
     return objective
 
 
