@@ -161,8 +161,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # buffers are constants (pyramid kernels): nothing to broadcast each step
-            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
+            # buffers (pyramid kernels, batch-norm statistics) are equal at the start on every
+            # process (same initialisation or checkpoint): nothing to send at each step
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, **_no_buffer_sync())
         if config.compile:  # after DDP, as torch documents; the first steps pay for compiling
             self.step_module = torch.compile(self.step_module)
         self.optimizer = torch.optim.Adam([*self.net.parameters(), *objective.extra_parameters()], lr=config.lr,
@@ -386,6 +387,18 @@ class Trainer:
         (self.out / "weights_entry.toml").write_text(manifest_entry(self.config, chosen.name, sha, summary))
         (self.out / "card.md").write_text(training_card(self.config, summary, self.history))
         return summary
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's switch for not syncing buffers at every forward: ``forward_sync_buffers`` where
+    torch has it (``broadcast_buffers`` is deprecated there), else ``broadcast_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

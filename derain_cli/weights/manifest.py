@@ -26,11 +26,11 @@ from derain_cli.errors import UsageError, WeightsError
 from derain_cli.methods import get_method
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-
-# Weights that are not a derainer but that training needs, by name: their entries resolve,
-# download and verify like any checkpoint (``vgg19.imagenet``), and no method builds them.
-AUXILIARY = {"vgg19": ("imagenet", "VGG19 ImageNet weights for LIR's semantic loss (training only)")}
 BUNDLED_DIR = PACKAGE_DIR / "weights" / "files"
+
+# Weights that training needs but no method builds (VGG19 for LIR's semantic loss), by name
+# and default tag: their entries resolve, download and verify like any checkpoint.
+AUXILIARY = {"vgg19": "imagenet"}
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def split_name(name: str) -> tuple[str, str]:
     """``lpnet`` -> (``lpnet``, its default tag); ``lpnet.rain100h`` -> (``lpnet``, ``rain100h``)."""
     method, _, tag = name.partition(".")
     if method in AUXILIARY:
-        return method, tag or AUXILIARY[method][0]
+        return method, tag or AUXILIARY[method]
     spec = get_method(method)
     if _ and not tag:
         raise UsageError(f"'{name}' has an empty tag; write {method} or {method}.TAG")
