@@ -39,10 +39,11 @@ from torch import nn
 
 from derain_cli.data import DatasetError, Pair, find_photos, shrink
 from derain_cli.engine.objectives import Objective, average_gradients
-from derain_cli.errors import DerainError
+from derain_cli.errors import DerainError, UsageError
 from derain_cli.io import read_image
 from derain_cli.methods.lir import LIR, LIRTraining, LIRWeights, VGGFeatures
 
+MIN_CROP = 64  # the image discriminators' four stride-2 reflect-padded convolutions need it
 CONTENT_UPDATES = 3  # D_c updates per iteration
 CONTENT_CLIP = 5.0  # D_c gradient norm clip
 BETAS = (0.0, 0.9)
@@ -110,7 +111,7 @@ def semantic_network(vgg: str | Path | None = None, offline: bool | None = None)
     from derain_cli.weights.resolve import locate
 
     if vgg is not None:
-        path, label = Path(vgg), str(vgg)
+        path, label = Path(vgg).expanduser(), str(vgg)
     else:
         entry = load_manifest().get(VGG_ENTRY)
         if entry is None:
@@ -123,8 +124,8 @@ def semantic_network(vgg: str | Path | None = None, offline: bool | None = None)
         path, label = resolved.path, f"{VGG_ENTRY} (sha256 {entry.sha256[:12]})"
     try:
         return VGGFeatures(read_state_dict(path)), label
-    except ValueError as err:  # a state dict of another network
-        raise UsageError(f"{path}: not VGG19 weights ({err})") from None
+    except (ValueError, RuntimeError) as err:  # a state dict of another network (keys or shapes)
+        raise UsageError(f"{path}: not VGG19 weights ({str(err).splitlines()[0]})") from None
 
 
 def _unwrap(net: nn.Module) -> LIR:
@@ -155,6 +156,9 @@ class UnpairedObjective(Objective):
     def __init__(self, rainy: CropSampler, clean: CropSampler, dim: int, n_res: int, vgg: VGGFeatures | None = None,
                  seed: int = 0, weights: LIRWeights = LIRWeights(), lr: float = 1e-4, content_lr: float = 5e-5,
                  weight_decay: float = 1e-4, lr_step: int = 100_000) -> None:
+        if rainy.patch_size < MIN_CROP or rainy.patch_size % 4:
+            raise UsageError(f"LIR trains on crops of at least {MIN_CROP} px and a multiple of 4 (its image "
+                             f"discriminators halve them four times); --patch-size {rainy.patch_size} will not do")
         self.rainy, self.clean, self.vgg, self.seed = rainy, clean, vgg, seed
         self.vgg_source = "given"
         self.lr, self.content_lr, self.lr_step = lr, content_lr, lr_step
@@ -251,9 +255,13 @@ class UnpairedObjective(Objective):
 
     def state_dict(self) -> dict:
         return {"networks": self.training.state_dict(), "image_opt": self.image_opt.state_dict(),
-                "content_opt": self.content_opt.state_dict()}
+                "content_opt": self.content_opt.state_dict(), "semantic": self.vgg is not None}
 
     def load_state_dict(self, state: dict) -> None:
+        semantic = state.get("semantic", False)
+        if semantic != (self.vgg is not None):
+            raise UsageError(f"--resume: the run was started {'with' if semantic else 'without'} the semantic loss; "
+                             f"resume it {'without --no-semantic' if semantic else 'with --no-semantic'}")
         self.training.load_state_dict(state["networks"])
         self.image_opt.load_state_dict(state["image_opt"])
         self.content_opt.load_state_dict(state["content_opt"])

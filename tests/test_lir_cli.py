@@ -49,6 +49,8 @@ def test_cli_trains_lir_small_on_unpaired_folders_and_remove_uses_it(tmp_path):
     assert result.exit_code == 0, result.output
     card = (out / "card.md").read_text()
     assert "(unpaired)" in card and "off (--no-semantic)" in card and "the last step's" in card
+    assert "validation at the end (watched" in card and "best validation" not in card
+    assert not (out / "best.safetensors").exists()
     entry = (out / "weights_entry.toml").read_text()
     assert "[lir-small.mine]" in entry and "copy final.safetensors" in entry  # the last weights, not the best
     picture = tmp_path / "photo.png"
@@ -172,3 +174,77 @@ def test_unpaired_training_under_torchrun_keeps_processes_in_step(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "two" / "final.safetensors").is_file()
     assert "2 x CPU" in (tmp_path / "two" / "card.md").read_text()
+
+
+def test_crops_the_discriminators_cannot_take_are_refused(tmp_path):
+    rainy, clean = _pictures(tmp_path / "rainy", 2, True, 0), _pictures(tmp_path / "clean", 2, False, 1)
+    for size in ("48", "66"):
+        result = runner.invoke(app, ["train", "--method", "lir-small", "--rainy", str(rainy), "--clean", str(clean),
+                                     "--no-semantic", "-o", str(tmp_path / f"run{size}"), "--patch-size", size])
+        assert result.exit_code == 2 and f"--patch-size {size} will not do" in result.output, result.output
+
+
+def test_resume_refuses_a_changed_semantic_switch(tmp_path):
+    from derain_cli.unpaired import UnpairedObjective
+
+    rainy, clean = _pictures(tmp_path / "rainy", 2, True, 0), _pictures(tmp_path / "clean", 2, False, 1)
+    plain = UnpairedObjective.from_folders(rainy, clean, 8, 1, batch_size=2, warn=lambda m: None)
+    state = plain.state_dict()
+    assert state["semantic"] is False
+    state["semantic"] = True
+    with pytest.raises(UsageError, match="started with the semantic loss"):
+        plain.load_state_dict(state)
+
+
+def test_paired_training_saves_your_model_but_never_a_shipped_name(tmp_path):
+    data = _paired(tmp_path / "pairs")
+    args = ["--iterations", "1", "--batch-size", "2", "--patch-size", "32", "--val-split", "0", "--device", "cpu"]
+    mine = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "a"), "--tag", "mine", *args])
+    assert mine.exit_code == 0 and "saved as your model lpnet.mine" in mine.output, mine.output
+    again = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "b"), "--tag", "mine", *args])
+    assert "replacing your earlier one" in again.output
+    listed = runner.invoke(app, ["models", "list"])
+    assert "lpnet.mine" in listed.output
+    shipped = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "c"), "--tag", "rain100l",
+                                  *args])
+    assert shipped.exit_code == 0 and "not saved among your models" in shipped.output
+    bad = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "d"), "--tag", "../x", *args])
+    assert bad.exit_code == 2 and not (tmp_path / "d" / "last.pth").exists()
+
+
+def _agree_or_not(rank, world_size, init, differ, outcomes):
+    import torch.distributed as dist
+
+    from derain_cli.engine.training import check_same_weights
+    from derain_cli.errors import DerainError
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    weights = [torch.ones(3, 3), torch.arange(4.0)]
+    if differ and rank == 1:
+        weights[1] = weights[1] + 1e-6
+    try:
+        check_same_weights(weights, world_size)
+        outcomes.put((rank, "same"))
+    except DerainError as err:
+        outcomes.put((rank, str(err)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_processes_compare_weight_fingerprints(differ, tmp_path):
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    outcomes = context.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [context.Process(target=_agree_or_not, args=(r, 2, init, differ, outcomes)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    results = dict(outcomes.get(timeout=5) for _ in range(2))
+    if differ:
+        assert all("ended with different weights" in results[r] for r in (0, 1))
+    else:
+        assert results == {0: "same", 1: "same"}

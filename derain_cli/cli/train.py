@@ -42,8 +42,8 @@ def train(
     split_unpaired: Annotated[bool, typer.Option("--split-unpaired", help="Unpaired training on paired DATA, as unsupervised papers evaluate: the rainy pictures of half the pairs against the clean pictures of the other half (validation held out as usual).")] = False,
 ) -> None:
     """Train a method on paired data (or lir on unpaired --rainy/--clean photos); writes last.pth
-    (resumable), best/final.safetensors and a ready weights.toml entry. Runs under
-    `torchrun --nproc_per_node N -m derain_cli train ...` too (paired data)."""
+    (resumable), best/final.safetensors and a ready weights.toml entry, and saves the result as
+    your model METHOD.TAG. Runs under `torchrun --nproc_per_node N -m derain_cli train ...` too."""
     with exit_codes():
         _train(**locals())
 
@@ -67,6 +67,8 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     recipe = spec.recipe
     mode = _check_data(spec, data, rainy, clean, split_unpaired)
     unpaired = mode != "paired"
+    if vgg is not None and not unpaired:
+        raise UsageError("--vgg is for unpaired training (--rainy/--clean or --split-unpaired)")
     if mode == "folders":
         train_pairs, val_pairs = [], find_pairs(val) if val else []
         photos = (find_photos(rainy), find_photos(clean))
@@ -116,8 +118,9 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     finally:
         progress.close()
     if rank0 and summary:
-        best = summary["best"]
-        score = f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best else ""
+        best, last = summary["best"], summary["last_validation"]
+        score = (f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best
+                 else f"; last validation Y-PSNR {last['psnr_y']:.2f} dB" if last else "")
         if not summary["complete"]:
             log(f"stopped at the time limit; `--resume` continues to {config.iterations} iterations")
         log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
@@ -147,9 +150,12 @@ def _install(name: str, out: Path, summary: dict, log) -> None:
 
     entry = tomllib.loads((out / "weights_entry.toml").read_text())
     table = next(iter(next(iter(entry.values())).values()))
+    from derain_cli.weights.user import models_dir
+
+    replaced = " (replacing your earlier one)" if (models_dir() / name).exists() else ""
     folder = install(name, Path(summary["checkpoint"]), summary["sha256"], table["trained"],
                      (out / "card.md").read_text())
-    log(f"saved as your model {name} ({folder}); use it with -m {name}")
+    log(f"saved as your model {name}{replaced} ({folder}); use it with -m {name}")
 
 
 def _check_data(spec, data, rainy, clean, split_unpaired) -> str:
@@ -176,15 +182,19 @@ def _check_data(spec, data, rainy, clean, split_unpaired) -> str:
 def _unpaired_objective(spec, rainy: list, clean: list, config, semantic, vgg, log):
     from derain_cli.unpaired import UnpairedObjective, semantic_network
 
+    import torch
+
     network = None
     source = "off"
     if semantic:
         network, source = semantic_network(vgg)
     net = spec.build()
+    torch.manual_seed(config.seed)  # the objective's networks start from --seed too
+    # the discriminators halve their rates at each third of the run, as the paper's 100k of 300k
     objective = UnpairedObjective.from_photos(
         rainy, clean, net.dim, net.n_res, patch_size=config.patch_size, batch_size=config.batch_size,
         seed=config.seed, vgg=network, warn=lambda m: log(f"warning: {m}"), lr=config.lr,
-        weight_decay=config.weight_decay)
+        weight_decay=config.weight_decay, lr_step=max(1, config.iterations // 3))
     objective.vgg_source = source
     config.extra["command"] = "derain train (unpaired, LIR)"
     return objective

@@ -32,7 +32,7 @@ from derain_cli.engine.checkpoints import export_safetensors, load_training_stat
 from derain_cli.engine.device import pick_device
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.engine.objectives import Objective
-from derain_cli.errors import UsageError
+from derain_cli.errors import DerainError, UsageError
 from derain_cli.methods import MethodSpec
 from derain_cli.metrics import score_uint8
 
@@ -161,8 +161,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # buffers (pyramid kernels, batch-norm statistics) are equal at the start on every
-            # process (same initialisation or checkpoint): nothing to send at each step
+            # buffers are not sent at each step: pyramid kernels are constants, and batch-norm
+            # running statistics may differ per process (rank 0's are the ones saved)
             self.step_module = DistributedDataParallel(self.step_module, device_ids=ids, **_no_buffer_sync())
         if config.compile:  # after DDP, as torch documents; the first steps pay for compiling
             self.step_module = torch.compile(self.step_module)
@@ -267,19 +267,6 @@ class Trainer:
             for p in parameters:
                 dist.broadcast(p.data, 0)
 
-    def _check_processes_agree(self) -> None:
-        """Every process must end with the same trained weights (a bug in gradient averaging
-        would otherwise ship rank 0's share of a diverged run): compare a fingerprint."""
-        import torch.distributed as dist
-
-        params = [*self.net.parameters(), *self.objective.extra_parameters(), *self.objective.adversary_parameters()]
-        with torch.no_grad():
-            mine = torch.stack([sum(p.double().sum() for p in params), sum(p.double().abs().sum() for p in params)])
-        everyone = [torch.zeros_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(everyone, mine)
-        if any(not torch.equal(other, everyone[0]) for other in everyone):
-            raise RuntimeError(f"the {self.world_size} processes ended with different weights: {everyone}")
-
     def save(self) -> None:
         if self.rank == 0:
             save_atomic(self.state(), self.last_path)
@@ -353,7 +340,7 @@ class Trainer:
                 running, counted = {}, 0
                 if self.rank == 0 and self.val_data:
                     record.update(self.validate())
-                    if self.best is None or record["psnr_y"] > self.best["psnr_y"]:
+                    if self.objective.pick_best and (self.best is None or record["psnr_y"] > self.best["psnr_y"]):
                         self.best = {"step": self.step, "psnr_y": record["psnr_y"], "ssim_y": record["ssim_y"]}
                         export_safetensors(self.net.state_dict(), self.out / "best.safetensors")
                 self.history.append(record)
@@ -369,16 +356,19 @@ class Trainer:
     def finish(self) -> dict:
         """Final weights (and best, if validated) as safetensors, plus a manifest entry."""
         if self.world_size > 1:
-            self._check_processes_agree()  # a collective: also the barrier before rank 0 writes
+            params = [*self.net.parameters(), *self.objective.extra_parameters(),
+                      *self.objective.adversary_parameters()]
+            check_same_weights(params, self.world_size)  # a collective: also the barrier before rank 0 writes
         if self.rank != 0:
             return {}
         sha = export_safetensors(self.net.state_dict(), self.out / "final.safetensors")
         chosen = self.out / "final.safetensors"
-        if self.best and self.objective.pick_best:  # the best validated weights, not necessarily the last
+        if self.best:  # the best validated weights, not necessarily the last
             chosen = self.out / "best.safetensors"
             sha = hashlib.sha256(chosen.read_bytes()).hexdigest()
         summary = {
-            "checkpoint": str(chosen), "sha256": sha, "best": self.best, "steps": self.step,
+            "checkpoint": str(chosen), "sha256": sha, "best": self.best, "last_validation": _last_validation(self.history),
+            "steps": self.step,
             "wall_time_s": round(self.elapsed(), 1), "hardware": hardware(self.device, self.world_size),
             "precision": self.precision, "compiled": self.config.compile,
             "complete": self.step >= self.config.iterations,
@@ -399,6 +389,26 @@ def _no_buffer_sync() -> dict:
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
+
+def check_same_weights(parameters: list[torch.Tensor], world_size: int) -> None:
+    """Under torchrun, every process must end with the same trained weights (a gap in gradient
+    averaging would otherwise export rank 0's half of a diverged run): compare fingerprints
+    (sum and absolute sum in float64) of ``parameters``; DerainError on every process if any differ."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        mine = torch.stack([sum(p.double().sum() for p in parameters), sum(p.double().abs().sum() for p in parameters)])
+    everyone = [torch.zeros_like(mine) for _ in range(world_size)]
+    dist.all_gather(everyone, mine)
+    if any(not torch.equal(other, everyone[0]) for other in everyone):
+        raise DerainError(f"the {world_size} processes ended with different weights (fingerprints "
+                          f"{[t.tolist() for t in everyone]}): their gradients were not averaged; nothing exported")
+
+
+def _last_validation(history: list[dict]) -> dict | None:
+    scored = [h for h in history if "psnr_y" in h]
+    return {k: scored[-1][k] for k in ("step", "psnr_y", "ssim_y")} if scored else None
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -451,6 +461,10 @@ def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> st
     if summary["best"]:
         b = summary["best"]
         lines.append(f"| best validation | Y-PSNR {b['psnr_y']:.2f} dB, SSIM {b['ssim_y']:.4f} at step {b['step']:,} |")
+    elif summary.get("last_validation"):
+        v = summary["last_validation"]
+        lines.append(f"| validation at the end (watched, weights not chosen by it) | Y-PSNR {v['psnr_y']:.2f} dB, "
+                     f"SSIM {v['ssim_y']:.4f} at step {v['step']:,} |")
     if history:
         terms = {k: v for k, v in history[-1].items() if k not in _NOT_LOSSES}
         lines.append(f"| loss terms at the end | {', '.join(f'{k} {v:.4g}' for k, v in terms.items())} |")
@@ -462,8 +476,10 @@ def training_card(config: TrainConfig, summary: dict, history: list[dict]) -> st
 
 
 def manifest_entry(config: TrainConfig, filename: str, sha: str, summary: dict) -> str:
-    best = summary["best"]
-    score = f", validation Y-PSNR {best['psnr_y']:.2f} dB / SSIM {best['ssim_y']:.4f} at step {best['step']}" if best else ""
+    best, last = summary["best"], summary.get("last_validation")
+    score = (f", validation Y-PSNR {best['psnr_y']:.2f} dB / SSIM {best['ssim_y']:.4f} at step {best['step']}" if best
+             else f", last validation Y-PSNR {last['psnr_y']:.2f} dB / SSIM {last['ssim_y']:.4f} (weights of step "
+             f"{summary['steps']})" if last else "")
     command = config.extra.get("command", "derain train")
     trained = (f"{command} on {config.data}: {summary['steps']} iterations, batch {config.batch_size}, "
                f"{config.patch_size}px patches, lr {config.lr} ({config.schedule})"
