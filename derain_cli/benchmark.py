@@ -123,3 +123,18 @@ def evaluate(restorer, folder: Path, channel: str = "y", limit: int | None = Non
     if engine.device.type == "cuda":
         result.peak_device_mb = torch.cuda.max_memory_allocated(engine.device) / 2**20
     return result
+
+
+INPUT = "input"  # the row of the rainy inputs themselves (no deraining)
+
+
+def evaluate_input(folder: Path, channel: str = "y", limit: int | None = None) -> BenchmarkResult:
+    """The rainy inputs scored as they are against their clean images: the "no deraining" row
+    papers print first, what every method has to improve on."""
+    result = BenchmarkResult(method=INPUT, weights="-", dataset=dataset_name(folder), channel=channel, device="-",
+                             parameters=0)
+    for pair in find_pairs(folder)[:limit]:
+        rainy, clean = load_pair(pair)
+        result.images.append(ImageScore(pair.name, *score_uint8(rainy, clean, channel), 0.0,
+                                        rainy.shape[0] * rainy.shape[1] / 1e6))
+    return result

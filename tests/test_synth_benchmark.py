@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -15,7 +16,7 @@ from derain_cli.data import find_pairs
 from derain_cli.metrics import psnr
 from derain_cli.synth import STYLES, add_rain
 
-from conftest import rainy_picture
+from conftest import DATA, needs_shared, rainy_picture
 from test_training import make_dataset
 
 runner = CliRunner()
@@ -92,3 +93,26 @@ def test_truncation_follows_the_authors_protocol(tmp_path, lpnet_checkpoint):
     rainy, clean = (np.asarray(Image.open(p).convert("RGB")) for p in (pair.rainy, pair.clean))
     floored = np.floor(restorer(rainy.astype(np.float32) / 255) * 255).astype(np.uint8)
     assert abs(scored.images[0].psnr - _psnr(floored, clean)) < 1e-6
+
+
+def test_input_row_scores_the_rainy_pictures_themselves(tmp_path):
+    data = make_dataset(tmp_path / "rain100x" / "test", n=2)
+    result = runner.invoke(app, ["benchmark", str(data), "-m", "lpnet", "--input", "--device", "cpu",
+                                 "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["method"] for r in rows] == ["input", "lpnet"]
+    pair = find_pairs(data)[0]
+    rainy, clean = (np.asarray(Image.open(p).convert("RGB")) for p in (pair.rainy, pair.clean))
+    from derain_cli.metrics import score_uint8
+
+    assert rows[0]["images"][0]["psnr"] == pytest.approx(score_uint8(rainy, clean, "y")[0], abs=1e-9)
+    assert "| input | - | rain100x | 2 |" in (tmp_path / "b.md").read_text()
+
+
+@pytest.mark.slow
+@needs_shared
+def test_input_row_gives_rain100l_its_known_26_90():
+    from derain_cli.benchmark import evaluate_input
+
+    assert evaluate_input(DATA / "rain100l/test").psnr == pytest.approx(26.90, abs=0.005)

@@ -26,18 +26,19 @@ def benchmark(
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write per-image scores as CSV.")] = None,
     markdown_path: Annotated[Path | None, typer.Option("--markdown", help="Write the summary table as Markdown.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never use the network.")] = False,
+    score_input: Annotated[bool, typer.Option("--input", help="Also score the rainy inputs themselves (the 'no deraining' row).")] = False,
 ) -> None:
     """Score methods on paired test sets: PSNR/SSIM per image and mean, time per image, MP/s,
     peak memory, parameter count. States the metric convention it used."""
     with exit_codes():
         _benchmark(data, methods, weights, channel, quantize, published, device, precision, tile, limit,
-                   json_path, csv_path, markdown_path, offline)
+                   json_path, csv_path, markdown_path, offline, score_input)
 
 
 def _benchmark(data, methods, weights, channel, quantize, published, device, precision, tile, limit,
-               json_path, csv_path, markdown_path, offline) -> None:
+               json_path, csv_path, markdown_path, offline, score_input) -> None:
     from derain_cli.api import load
-    from derain_cli.benchmark import CONVENTION, QUANTIZE, convention, evaluate, published_scores
+    from derain_cli.benchmark import CONVENTION, QUANTIZE, convention, evaluate, evaluate_input, published_scores
     from derain_cli.errors import UsageError
 
     if channel not in CONVENTION:
@@ -46,7 +47,9 @@ def _benchmark(data, methods, weights, channel, quantize, published, device, pre
         raise UsageError(f"quantize must be 'round' or 'truncate', got '{quantize}'")
     if weights and len(methods) != 1:
         raise UsageError("--weights needs exactly one --method")
-    results = []
+    results = [evaluate_input(folder, channel, limit) for folder in data] if score_input else []
+    for r in results:
+        say(f"rainy input on {r.dataset}: {r.psnr:.2f} dB / {r.ssim:.4f} over {len(r.images)} pairs")
     for method in methods:
         restorer = load(method, weights, device=device, precision=precision, tile=tile, offline=offline)
         for folder in data:
@@ -70,6 +73,8 @@ def _benchmark(data, methods, weights, channel, quantize, published, device, pre
 
 
 def _table(results, reference):
+    from derain_cli.benchmark import INPUT
+
     headers = ["method", "weights", "dataset", "pairs", "PSNR", "SSIM"]
     if reference:
         headers.append("published")
@@ -80,7 +85,11 @@ def _table(results, reference):
         if reference:
             ref = reference.get((r.method, r.dataset))
             row.append(f"{ref['psnr']:.2f} / {ref['ssim']:.4f}" if ref else "-")
-        row += [f"{r.seconds_per_image:.3f}", f"{r.megapixels_per_second:.2f}", f"{r.peak_rss_mb:.0f}", f"{r.parameters:,}"]
+        if r.method == INPUT:  # nothing ran: no speed, memory or parameters
+            row += ["-"] * 4
+        else:
+            row += [f"{r.seconds_per_image:.3f}", f"{r.megapixels_per_second:.2f}", f"{r.peak_rss_mb:.0f}",
+                    f"{r.parameters:,}"]
         rows.append(row)
     return headers, rows
 
