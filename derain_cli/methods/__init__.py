@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from derain_cli.errors import UsageError
 
@@ -91,14 +91,28 @@ class MethodSpec:
         module_name, class_name = self.network.split(":")
         return getattr(importlib.import_module(module_name), class_name)()
 
-# LIR's overlaps: the engine weights the outer quarter of an overlap 0 and ramps over the middle
-# half, so seams are exact once overlap >= 4 x receptive radius (lir 82 px, lir-small 50 px); far
-# less suffices in practice (measured at random initialisation, docs/methods.md): 2.5 r and 3 r.
-_LIR_PAPER = "Du, Chen, Yang, Learning Invariant Representation for Unsupervised Image Restoration, CVPR 2020"
 _LIR_RECIPE = TrainingRecipe(
     lr=1e-4, batch_size=16, patch_size=64, iterations=300_000, weight_decay=1e-4,
     source="Du et al. 2020 (unit_noise2clear-bn.yaml): Adam 1e-4, betas (0, 0.9), weight decay 1e-4, x0.5 every "
     "100k, batch 16, 64x64 crops + horizontal flip, 300k iterations",
+)
+
+# LIR's overlaps: the engine weights the outer quarter of an overlap 0 and ramps over the middle
+# half, so seams are exact once overlap >= 4 x receptive radius (lir 82 px, lir-small 50 px); far
+# less suffices in practice (measured at random initialisation, docs/methods.md): 2.5 r and 3 r.
+_LIR = MethodSpec(
+    name="lir",
+    network="derain_cli.methods.lir:LIR",
+    summary="Unsupervised: trained from unpaired rainy and clean photos (invariant content codes, 64 wide); GPU size",
+    paper="Du, Chen, Yang, Learning Invariant Representation for Unsupervised Image Restoration, CVPR 2020",
+    size_multiple=4,
+    size_offset=0,
+    overlap=204,
+    half_safe=False,
+    default_tag="rain100l",
+    feature_stage="content",
+    training="unpaired",
+    recipe=_LIR_RECIPE,
 )
 
 METHODS: tuple[MethodSpec, ...] = (
@@ -192,34 +206,9 @@ METHODS: tuple[MethodSpec, ...] = (
             source="Qiu et al. 2022: Adam, learning rate 5e-4, batch 16, 64x64 patches (iterations not stated; derain's choice)",
         ),
     ),
-    MethodSpec(
-        name="lir",
-        network="derain_cli.methods.lir:LIR",
-        summary="Unsupervised: trained from unpaired rainy and clean photos (invariant content codes, 64 wide); GPU size",
-        paper=_LIR_PAPER,
-        size_multiple=4,
-        size_offset=0,
-        overlap=204,
-        half_safe=False,
-        default_tag="rain100l",
-        feature_stage="content",
-        training="unpaired",
-        recipe=_LIR_RECIPE,
-    ),
-    MethodSpec(
-        name="lir-small",
-        network="derain_cli.methods.lir:LIRSmall",
-        summary="LIR at CPU size (12 wide, 2 residual blocks): unpaired training on a CPU",
-        paper=_LIR_PAPER,
-        size_multiple=4,
-        size_offset=0,
-        overlap=152,
-        half_safe=False,
-        default_tag="rain100l",
-        feature_stage="content",
-        training="unpaired",
-        recipe=_LIR_RECIPE,
-    ),
+    _LIR,
+    replace(_LIR, name="lir-small", network="derain_cli.methods.lir:LIRSmall", overlap=152,
+            summary="LIR at CPU size (12 wide, 2 residual blocks): unpaired training on a CPU"),
 )
 
 
