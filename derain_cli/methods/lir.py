@@ -67,10 +67,10 @@ class PixelLayerNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
+        self.channels, self.eps = channels, eps  # a plain int: exports trace it as a constant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
 
 
@@ -154,7 +154,7 @@ class LIR(nn.Module):
 
     def forward(self, rainy: torch.Tensor) -> torch.Tensor:
         h, w = rainy.shape[-2:]
-        pad_h, pad_w = -h % 4, -w % 4
+        pad_h, pad_w = (4 - h % 4) % 4, (4 - w % 4) % 4  # no negative operands: ONNX's Mod differs
         x = F.pad(rainy, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else rainy
         return self.decoder(self.content(x))[..., :h, :w].clamp(0.0, 1.0)
 
