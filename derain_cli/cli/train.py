@@ -103,8 +103,8 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
                                                    sampler=config.sampler)
         what = f"{len(train_pairs)} pairs"
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
-    if spec.name == "lir" and trainer.device.type == "cpu":
-        log("warning: lir is the paper's size (11 M parameters), meant for a GPU; lir-small is the CPU size")
+    if spec.cpu_size and trainer.device.type == "cpu":
+        log(f"warning: {spec.name} is the paper's size, meant for a GPU; {spec.cpu_size} is the CPU size")
     if resume:
         trainer.resume()
     log(f"training {spec.name} on {what} ({len(val_pairs)} pairs for validation), "

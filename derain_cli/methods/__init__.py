@@ -78,6 +78,7 @@ class MethodSpec:
     bf16_training: bool = False
     bf16_safe: bool = False
     training: str = "paired"
+    cpu_size: str | None = None  # the method's smaller configuration for CPUs (``derain train`` says so there)
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
@@ -112,6 +113,7 @@ _LIR = MethodSpec(
     default_tag="rain100l",
     feature_stage="content",
     training="unpaired",
+    cpu_size="lir-small",
     recipe=_LIR_RECIPE,
 )
 
@@ -207,7 +209,7 @@ METHODS: tuple[MethodSpec, ...] = (
         ),
     ),
     _LIR,
-    replace(_LIR, name="lir-small", network="derain_cli.methods.lir:LIRSmall", overlap=152,
+    replace(_LIR, name="lir-small", network="derain_cli.methods.lir:LIRSmall", overlap=152, cpu_size=None,
             summary="LIR at CPU size (12 wide, 2 residual blocks): unpaired training on a CPU"),
 )
 
