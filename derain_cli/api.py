@@ -85,7 +85,7 @@ def load(
     weights: str | None = None,
     device: str = "auto",
     precision: str = "auto",
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     offline: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Restorer:
@@ -127,7 +127,7 @@ def _load_onnx(method, weights, device, precision, tile, offline, log) -> Restor
     providers = network.session.get_providers()
     resolved = ResolvedWeights(spec.name, f"{weights} ({meta.name} export)", path, f"onnxruntime {providers[0]}")
     # the engine keeps its tensors on the CPU in float32; onnxruntime picks its own device
-    engine = InferenceEngine(network, spec, device="cpu", precision="fp32", tile=fitting_tile(spec, meta, tile), log=log)
+    engine = InferenceEngine(network, spec, device="cpu", precision="fp32", tile=fitting_tile(spec, meta, DEFAULT_TILE if tile is None else tile), log=log)
     return Restorer(spec, engine, resolved)
 
 

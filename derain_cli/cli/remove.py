@@ -40,7 +40,7 @@ def remove(
     ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA where safe, else fp32), fp32, fp16 or bf16.")] = "auto",
-    tile: Annotated[int, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once.")] = 512,
+    tile: Annotated[int | None, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once. Default: the method's own (lpnet 2048, others 512).")] = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (100 = lossless WebP).")] = 95,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).")] = 250_000_000,
     shard: Annotated[

@@ -20,7 +20,16 @@ from derain_cli.engine.device import (
     pick_dtype,
     release_cached_memory,
 )
-from derain_cli.engine.tiling import StripBlender, aligned_size, quantize_into, ramp, read_padded, round_up, tile_starts
+from derain_cli.engine.tiling import (
+    StripBlender,
+    aligned_size,
+    balanced_tile,
+    quantize_into,
+    ramp,
+    read_padded,
+    round_up,
+    tile_starts,
+)
 from derain_cli.errors import ImageError
 from derain_cli.methods import MethodSpec
 
@@ -39,7 +48,8 @@ class InferenceEngine:
         spec: the method's contract (size multiple, overlap, half safety, outputs).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or a torch.device.
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (see device.pick_dtype).
-        tile: tile size in pixels; 0 processes the whole picture at once.
+        tile: tile size in pixels; 0 processes the whole picture at once; None: the method's
+            default (``spec.tile``).
         log: called with one-line notices (device fallback, smaller tiles).
 
     On out-of-memory the tile is halved and the picture retried; at the smallest tile the
@@ -53,14 +63,14 @@ class InferenceEngine:
         spec: MethodSpec,
         device: str | torch.device = "auto",
         precision: str = "auto",
-        tile: int = DEFAULT_TILE,
+        tile: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.precision = precision
         self.dtype = pick_dtype(precision, self.device, spec.half_safe, spec.bf16_safe)
-        self.tile = max(0, int(tile))
+        self.tile = spec.tile if tile is None else max(0, int(tile))
         self.log = log or (lambda message: None)
         if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_native_bf16():
             self.log(f"--precision bf16: {BF16_EMULATED_COST}")
@@ -110,7 +120,7 @@ class InferenceEngine:
             self.device = torch.device("cpu")
             fallback = "fp32" if self.precision == "fp16" else self.precision
             self.dtype = pick_dtype(fallback, self.device, self.spec.half_safe, self.spec.bf16_safe)
-            self.tile = DEFAULT_TILE
+            self.tile = self.spec.tile
             self._place_model()
         else:
             raise ImageError(f"out of memory on the CPU even with {current}px tiles")
@@ -124,7 +134,8 @@ class InferenceEngine:
         whole = not self.tile or not self.spec.tileable
         tile = max(padded_h, padded_w) if whole else self._aligned(self.tile)
         tile = max(tile, self.overlap + self.spec.size_multiple)
-        tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
+        tile_h, tile_w = (balanced_tile(n, tile, self.overlap, self.spec.size_multiple, self.spec.size_offset)
+                          for n in (padded_h, padded_w))
         rows = tile_starts(padded_h, tile_h, self.overlap)
         cols = tile_starts(padded_w, tile_w, self.overlap)
         peak = _peak(image.dtype)
@@ -189,7 +200,9 @@ class InferenceEngine:
     @torch.inference_mode()
     def _infer(self, windows: np.ndarray, peak: float) -> dict[str, np.ndarray]:
         """(N, H, W, 3) windows in the picture's dtype -> (N, H, W, C) float32 per output."""
-        x = torch.from_numpy(windows.astype(np.float32) / peak).permute(0, 3, 1, 2)
+        scaled = windows.astype(np.float32)
+        scaled /= peak  # in place: one float copy of the window, not two
+        x = torch.from_numpy(scaled).permute(0, 3, 1, 2)
         x = x.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
         result = self.model(x)
         if isinstance(result, torch.Tensor):

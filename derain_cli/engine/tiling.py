@@ -37,6 +37,18 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def balanced_tile(length: int, tile: int, overlap: int, multiple: int, offset: int = 0) -> int:
+    """The smallest aligned tile covering ``length`` with as few tiles as ``tile`` needs.
+
+    A 3009 px side in 2049 px tiles needs two; two tiles of 1553 px cover it too, with a
+    97 px overlap instead of 1089 px of recomputed pixels.
+    """
+    if length <= tile:
+        return length
+    count = -(-(length - overlap) // (tile - overlap))
+    return min(tile, aligned_size(-(-(length - overlap) // count) + overlap, multiple, offset))
+
+
 def ramp(size: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
     """1-D blend weight of a tile, on sides that have a neighbour.
 
@@ -80,6 +92,9 @@ def quantize_into(dest: np.ndarray, values: np.ndarray) -> None:
         dest[...] = values
 
 
+FINISH_ROWS = 128
+
+
 class StripBlender:
     """Accumulates weighted tile outputs of one row of tiles and hands finished rows on.
 
@@ -106,15 +121,20 @@ class StripBlender:
         (starting at ``next_start``) carrying the partial sums of the overlap, or None."""
         height, width = self.dest.shape[:2]
         done = min(upto, height) - self.row_start
-        if done > 0:
-            block = self.acc[:done, :width] / self.weight[:done, :width]
-            quantize_into(self.dest[self.row_start : self.row_start + done], block)
+        for r in range(0, max(done, 0), FINISH_ROWS):  # in chunks: no strip-sized temporaries
+            r1 = min(r + FINISH_ROWS, done)
+            block = self.acc[r:r1, :width] / self.weight[r:r1, :width]
+            quantize_into(self.dest[self.row_start + r : self.row_start + r1], block)
         if next_height <= 0:
             return None
-        following = StripBlender(self.dest, next_start, next_height, self.acc.shape[1])
-        keep = self.acc.shape[0] - (next_start - self.row_start)
-        if keep > 0:
-            r = next_start - self.row_start
-            following.acc[:keep] = self.acc[r:]
-            following.weight[:keep] = self.weight[r:]
+        if next_height != self.acc.shape[0]:
+            following = StripBlender(self.dest, next_start, next_height, self.acc.shape[1])
+        else:  # the same buffers, shifted: a second strip would double the blending memory
+            following = self
+        keep = max(0, self.acc.shape[0] - (next_start - self.row_start))
+        for buffer, new in ((self.acc, following.acc), (self.weight, following.weight)):
+            if keep > 0:
+                new[:keep] = buffer[next_start - self.row_start :].copy()
+            new[keep:] = 0
+        following.row_start = next_start
         return following

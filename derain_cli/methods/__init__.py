@@ -56,6 +56,9 @@ class MethodSpec:
         training: "paired" (``derain train DATA`` on rainy/clean pairs) or "unpaired" (trained
             from unrelated rainy and clean photos, ``derain train --rainy DIR --clean DIR``;
             such a network still fine-tunes on pairs through its ``training_loss``).
+        tile: the default tile size in pixels (``--tile``): 512, or larger for a network whose
+            local parts run in cached blocks on the CPU (engine/blocks.py), where larger tiles
+            mean less overlap to recompute at the same memory bound.
         feature_stage: the sub-module (dotted name) whose output is the network's early
             feature representation, where ``finetune-real --algorithm moments`` matches the
             statistics of synthetic and real rain (its first call in a forward pass);
@@ -79,6 +82,7 @@ class MethodSpec:
     bf16_safe: bool = False
     training: str = "paired"
     cpu_size: str | None = None  # the method's smaller configuration for CPUs (``derain train`` says so there)
+    tile: int = 512
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
@@ -129,6 +133,7 @@ METHODS: tuple[MethodSpec, ...] = (
         half_safe=True,
         bf16_safe=True,  # Rain100L with the authors' weights: 33.40 dB in bf16, 33.42 in fp32
         default_tag="rain100l",
+        tile=2048,  # subnets run in cached blocks on the CPU; 50 MP peak RSS measured in performance.md
         feature_stage="subnets.0.features",
         bf16_training=True,  # bf16 autocast loss curve within 0.07 % of fp32's (performance.md)
         recipe=TrainingRecipe(

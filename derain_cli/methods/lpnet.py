@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from derain_cli.engine.blocks import blocking_applies, run_in_blocks
+from derain_cli.engine.fused import conv_leaky_relu, fusion_applies
 from derain_cli.losses import ssim_loss
 
 BINOMIAL_5 = (0.0625, 0.25, 0.375, 0.25, 0.0625)
 LEVELS = 5
 FEATURES = (16, 8, 4, 2, 1)  # finest to coarsest
 RECURSIONS = 5
+SUBNET_RADIUS = 1 + 2 * RECURSIONS  # a subnet's receptive radius: its 3x3 convs in sequence
 
 
 def _same_pad(size: int) -> tuple[int, int]:
@@ -90,13 +93,13 @@ class LevelSubnet(nn.Module):
         self.output = nn.Conv2d(features, 3, 1)
 
     def forward(self, band: torch.Tensor) -> torch.Tensor:
-        # in-place activations: LeakyReLU on 16-channel maps is memory-bound on the CPU
-        first = F.leaky_relu_(self.features(band), 0.2)
+        # activations fused or in place: LeakyReLU on 16-channel maps is memory-bound on the CPU
+        first = conv_leaky_relu(self.features, band, 0.2)
         h = first
         for _ in range(RECURSIONS):  # the same weights on every recursion
             for conv in self.block:
-                h = F.leaky_relu_(conv(h), 0.2)
-            h = h + first
+                h = conv_leaky_relu(conv, h, 0.2)
+            h = h.add_(first) if fusion_applies(h) else h + first  # autograd needs h unchanged
         return self.output(h) + band
 
 
@@ -111,13 +114,19 @@ class LPNet(nn.Module):
     def pyramid_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-level estimates of the clean Gaussian pyramid, finest first (unclipped)."""
         bands = self.pyramid.split(x)
-        estimate = F.relu(self.subnets[-1](bands[-1]))
+        estimate = F.relu(self._subnet(LEVELS - 1, bands[-1]))
         outputs = [estimate]
         for level in range(LEVELS - 2, -1, -1):
             coarse = self.pyramid.up(estimate, bands[level].shape[-2:])
-            estimate = F.relu(self.subnets[level](bands[level]) + coarse)
+            estimate = F.relu(self._subnet(level, bands[level]) + coarse)
             outputs.append(estimate)
         return outputs[::-1]
+
+    def _subnet(self, level: int, band: torch.Tensor) -> torch.Tensor:
+        # the subnets are local (radius 11 at their level): on the CPU, run them in cached blocks
+        if blocking_applies(band):
+            return run_in_blocks(self.subnets[level], (band,), SUBNET_RADIUS)
+        return self.subnets[level](band)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pyramid_outputs(x)[0].clamp(0.0, 1.0)
