@@ -10,7 +10,7 @@ from torch import nn
 
 from derain_cli.engine import blocks, fused
 from derain_cli.engine.blocks import blocking_applies, run_in_blocks
-from derain_cli.engine.fused import conv_leaky_relu, fusion_applies
+from derain_cli.engine.fused import conv_act, fusion_applies
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.engine.tiling import balanced_tile, tile_starts
 from derain_cli.methods import get_method
@@ -32,21 +32,28 @@ class TwoInTwoOut(nn.Module):
 
 @torch.no_grad()
 def test_blocks_equal_the_whole_map(monkeypatch):
-    monkeypatch.setattr(blocks, "CACHED_MAP_PIXELS", 0)
+    monkeypatch.setattr(blocks, "CACHED_MAP_BYTES", 0)
     torch.manual_seed(0)
     net = TwoInTwoOut()
     x, y = torch.rand(2, 3, 61, 47), torch.rand(2, 2, 61, 47)
     whole = net(x, y)
     seen = []
     counted = lambda *t: seen.append(t[0].shape[-2:]) or net(*t)  # noqa: E731
-    blocked = run_in_blocks(counted, (x, y), net.radius, block=16)
+    blocked = run_in_blocks(counted, (x, y), net.radius, 8, block=16)
     assert len(seen) == 4 * 3  # 61 rows in 4 spans, 47 columns in 3
     for a, b in zip(whole, blocked):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # too little context: the blocks' borders show (the test can tell)
-    short = run_in_blocks(net, (x, y), 1, block=16)
+    short = run_in_blocks(net, (x, y), 1, 8, block=16)
     assert (short[0] - whole[0]).abs().max() > 1e-3
+
+
+def test_maps_that_fit_the_caches_run_whole():
+    seen = []
+    x = torch.zeros(1, 3, 64, 64)
+    run_in_blocks(lambda t: seen.append(t.shape) or t, (x,), 3, 16, block=16)
+    assert seen == [x.shape]  # 64 x 64 x 16 channels x 4 bytes: far below the cache bound
 
 
 def test_blocking_only_in_cpu_inference():
@@ -67,25 +74,28 @@ def test_balanced_tiles_cover_with_the_fewest_and_least_overlap():
 
 
 @pytest.mark.skipif(fused._CONV_POINTWISE is None, reason="this torch build has no oneDNN fused convolution")
-def test_fused_conv_leaky_relu_equals_the_plain_ops():
+def test_fused_convolutions_equal_the_plain_ops():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 16, 3, padding=1)
     x = torch.randn(1, 16, 40, 33).to(memory_format=torch.channels_last)
     with torch.no_grad():
         assert fusion_applies(x)
-        out = conv_leaky_relu(conv, x, 0.2)
+        out = conv_act(conv, x, "leaky_relu", 0.2)
         plain = F.leaky_relu(conv(x), 0.2)
-        other_slope = conv_leaky_relu(conv, x, 0.05)
+        other_slope = conv_act(conv, x, "leaky_relu", 0.05)
         other_plain = F.leaky_relu(conv(x), 0.05)
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(other_slope, other_plain, atol=1e-5, rtol=1e-5)
     assert (other_slope - out).abs().max() > 1e-3  # the slope reaches the op
+    for act, plain_act in (("relu", torch.relu), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh)):
+        with torch.no_grad():
+            torch.testing.assert_close(conv_act(conv, x, act), plain_act(conv(x)), atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
 def test_lpnet_cpu_paths_equal_the_training_path(monkeypatch):
     """LPNet in blocks with fused activations (inference) = LPNet as trained (autograd path)."""
-    monkeypatch.setattr(blocks, "CACHED_MAP_PIXELS", 0)
+    monkeypatch.setattr(blocks, "CACHED_MAP_BYTES", 0)
     monkeypatch.setattr(blocks, "CPU_BLOCK", 48)
     torch.manual_seed(0)
     net = get_method("lpnet").build().eval()
@@ -106,3 +116,16 @@ def test_large_tiles_reuse_one_blending_strip():
     whole = InferenceEngine(net, spec, "cpu", precision="fp32", tile=0).run(image)["image"]
     tiled = InferenceEngine(net, spec, "cpu", precision="fp32", tile=113).run(image)["image"]
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
+
+
+@torch.no_grad()
+def test_prenet_stages_in_blocks_equal_the_whole_picture(monkeypatch):
+    monkeypatch.setattr(blocks, "CACHED_MAP_BYTES", 0)
+    monkeypatch.setattr(blocks, "CPU_BLOCK", 40)
+    torch.manual_seed(0)
+    net = get_method("prenet").build().eval()
+    x = torch.rand(1, 3, 97, 83)
+    fast = net(x)
+    with torch.enable_grad():
+        reference = net(x).detach()
+    torch.testing.assert_close(fast, reference, atol=2e-6, rtol=0)

@@ -12,21 +12,39 @@ hand them large tiles (little overlap to recompute) without leaving the caches.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
-# 16-channel activations of a (256 + 2 * 11)^2 block take 5 MB: several fit in a 32 MB L3;
-# 192 to 256 ran fastest here (LPNet on a 2049 px tile), 128 and 320 to 512 slower
+# 16-channel activations of a (256 + 2 * 11)^2 block take 5 MB: several fit in a 32 MB L3.
+# Measured here: LPNet on a 2049 px tile ran fastest with 192-256 px blocks (128 and 320-512
+# slower), PReNet (32 channels) on a 769 px picture with 256 (96-192 slower).
 CPU_BLOCK = 256
-# maps up to about 513 x 513 ran as fast whole as in blocks: no recomputed borders for them
-CACHED_MAP_PIXELS = 520 * 520
+# a map of up to 17 MB ran as fast whole as in blocks (16 channels at 513 x 513; 32 channels
+# at 513 x 513 ran at half speed whole): smaller ones are not cut, so no borders are recomputed
+CACHED_MAP_BYTES = 17_000_000
+
+
+_enabled = True
+
+
+@contextmanager
+def plain_paths():
+    """Within: no blocks and no fused ops (benchmarks compare against this, tests too)."""
+    global _enabled
+    _enabled = False
+    try:
+        yield
+    finally:
+        _enabled = True
 
 
 def blocking_applies(x: torch.Tensor) -> bool:
     """Blocks pay on the CPU; on GPUs whole maps keep the device busy. Never while training,
     nor while tracing or compiling (an export must not bake one size's blocks into its graph)."""
     return (
-        x.device.type == "cpu"
+        _enabled
+        and x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
@@ -44,16 +62,20 @@ def run_in_blocks(
     layers: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     inputs: tuple[torch.Tensor, ...],
     radius: int,
-    block: int = CPU_BLOCK,
+    channels: int,
+    block: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``layers(*inputs)`` computed block by block; equal to the whole-map call.
 
     ``layers`` must be local with receptive radius at most ``radius`` and keep the spatial
-    size; ``inputs`` share their height and width. Returns what ``layers`` returns.
+    size; ``inputs`` share their height and width; ``channels`` is the widest activation
+    inside (it decides whether the whole map stays in the caches). Returns what ``layers``
+    returns.
     """
     height, width = inputs[0].shape[-2:]
-    if height * width <= CACHED_MAP_PIXELS:
+    if height * width * channels * inputs[0].element_size() <= CACHED_MAP_BYTES:
         return layers(*inputs)
+    block = block or CPU_BLOCK
     rows, cols = _spans(height, block), _spans(width, block)
     outputs: list[torch.Tensor] | None = None
     single = False

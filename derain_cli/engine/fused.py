@@ -32,11 +32,22 @@ def fusion_applies(x: torch.Tensor) -> bool:
     return _CONV_POINTWISE is not None and x.dtype == torch.float32 and blocking_applies(x)
 
 
-def conv_leaky_relu(conv: nn.Conv2d, x: torch.Tensor, slope: float) -> torch.Tensor:
-    """``leaky_relu(conv(x), slope)``, fused where ``fusion_applies(x)``."""
+# the plain ops a fused activation stands for (the in-place LeakyReLU is autograd-safe
+# after a convolution, and saves a pass where no fusion applies)
+_PLAIN = {
+    "relu": lambda y: torch.relu(y),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "leaky_relu": lambda y, slope: F.leaky_relu_(y, slope),
+}
+
+
+def conv_act(conv: nn.Conv2d, x: torch.Tensor, act: str, *scalars: float) -> torch.Tensor:
+    """``act(conv(x), *scalars)`` for act in relu, leaky_relu (slope), sigmoid, tanh; fused
+    into the convolution where ``fusion_applies(x)``."""
     if not fusion_applies(x):
-        return F.leaky_relu_(conv(x), slope)
+        return _PLAIN[act](conv(x), *scalars)
     return _CONV_POINTWISE(
         x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-        "leaky_relu", [slope], "",
+        act, list(scalars), "",
     )

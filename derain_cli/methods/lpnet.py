@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from derain_cli.engine.blocks import blocking_applies, run_in_blocks
-from derain_cli.engine.fused import conv_leaky_relu, fusion_applies
+from derain_cli.engine.fused import conv_act, fusion_applies
 from derain_cli.losses import ssim_loss
 
 BINOMIAL_5 = (0.0625, 0.25, 0.375, 0.25, 0.0625)
@@ -94,11 +94,11 @@ class LevelSubnet(nn.Module):
 
     def forward(self, band: torch.Tensor) -> torch.Tensor:
         # activations fused or in place: LeakyReLU on 16-channel maps is memory-bound on the CPU
-        first = conv_leaky_relu(self.features, band, 0.2)
+        first = conv_act(self.features, band, "leaky_relu", 0.2)
         h = first
         for _ in range(RECURSIONS):  # the same weights on every recursion
             for conv in self.block:
-                h = conv_leaky_relu(conv, h, 0.2)
+                h = conv_act(conv, h, "leaky_relu", 0.2)
             h = h.add_(first) if fusion_applies(h) else h + first  # autograd needs h unchanged
         return self.output(h) + band
 
@@ -125,7 +125,7 @@ class LPNet(nn.Module):
     def _subnet(self, level: int, band: torch.Tensor) -> torch.Tensor:
         # the subnets are local (radius 11 at their level): on the CPU, run them in cached blocks
         if blocking_applies(band):
-            return run_in_blocks(self.subnets[level], (band,), SUBNET_RADIUS)
+            return run_in_blocks(self.subnets[level], (band,), SUBNET_RADIUS, FEATURES[level])
         return self.subnets[level](band)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

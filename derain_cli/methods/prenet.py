@@ -13,10 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from derain_cli.engine.blocks import blocking_applies, run_in_blocks
+from derain_cli.engine.fused import conv_act
 from derain_cli.losses import ssim_loss
 
 STAGES = 6
 CHANNELS = 32
+GATES = {"i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid"}  # the LSTM's, by module name
+STAGE_RADIUS = 13  # 3x3 convs in sequence per stage: conv0, the gates, 5 x 2 in the blocks, conv
 
 
 def _conv(cin: int, cout: int) -> nn.Conv2d:
@@ -49,18 +53,27 @@ class PReNet(nn.Module):
         hidden = rainy.new_zeros(b, CHANNELS, h, w)
         cell = rainy.new_zeros(b, CHANNELS, h, w)
         estimate, outputs = rainy, []
-        blocks = (self.res_conv1, self.res_conv2, self.res_conv3, self.res_conv4, self.res_conv5)
         for _ in range(STAGES):
-            x = self.conv0(torch.cat((rainy, estimate), 1))
-            x = torch.cat((x, hidden), 1)
-            cell = self.conv_f(x) * cell + self.conv_i(x) * self.conv_g(x)
-            hidden = self.conv_o(x) * torch.tanh(cell)
-            x = hidden
-            for block in blocks:
-                x = F.relu(block(x) + x)
-            estimate = self.conv(x) + rainy
+            # a stage is local (radius 13): on the CPU it runs in cached blocks
+            if blocking_applies(rainy):
+                estimate, hidden, cell = run_in_blocks(self.stage, (rainy, estimate, hidden, cell), STAGE_RADIUS, CHANNELS)
+            else:
+                estimate, hidden, cell = self.stage(rainy, estimate, hidden, cell)
             outputs.append(estimate)
         return outputs
+
+    def stage(self, rainy, estimate, hidden, cell) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One stage: (rainy, previous estimate, LSTM hidden and cell) -> the next three."""
+        # each Sequential is (conv, activation): conv_act fuses the two on the CPU
+        x = conv_act(self.conv0[0], torch.cat((rainy, estimate), 1), "relu")
+        x = torch.cat((x, hidden), 1)
+        gate = {name: conv_act(getattr(self, f"conv_{name}")[0], x, act) for name, act in GATES.items()}
+        cell = gate["f"] * cell + gate["i"] * gate["g"]
+        hidden = gate["o"] * torch.tanh(cell)
+        x = hidden
+        for block in (self.res_conv1, self.res_conv2, self.res_conv3, self.res_conv4, self.res_conv5):
+            x = F.relu(conv_act(block[2], conv_act(block[0], x, "relu"), "relu") + x)
+        return self.conv(x) + rainy, hidden, cell
 
     def forward(self, rainy: torch.Tensor) -> torch.Tensor:
         return self.stages(rainy)[-1].clamp(0.0, 1.0)
