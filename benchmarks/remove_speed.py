@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from derain_cli.engine.blocks import plain_paths
 from derain_cli.engine.checkpoints import export_safetensors
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.methods import get_method
@@ -59,7 +60,7 @@ def conv_flops_per_pixel(model: nn.Module, size: int) -> tuple[float, int]:
             widths[module.out_channels] = widths.get(module.out_channels, 0) + output.shape[-2] * output.shape[-1]
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.inference_mode():
+    with torch.inference_mode(), plain_paths():  # fused ops bypass the hooks; blocks recount halos
         model(torch.rand(1, 3, size, size))
     for hook in hooks:
         hook.remove()

@@ -48,6 +48,7 @@ def blocking_applies(x: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
+        and not getattr(torch.compiler, "is_exporting", lambda: False)()
     )
 
 
