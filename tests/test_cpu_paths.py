@@ -92,15 +92,20 @@ def test_fused_convolutions_equal_the_plain_ops():
             torch.testing.assert_close(conv_act(conv, x, act), plain_act(conv(x)), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method, block, size", [("lpnet", 48, (161, 129)), ("prenet", 40, (97, 83))])
 @torch.no_grad()
-def test_lpnet_cpu_paths_equal_the_training_path(monkeypatch):
-    """LPNet in blocks with fused activations (inference) = LPNet as trained (autograd path)."""
+def test_cpu_paths_equal_the_training_path(monkeypatch, method, block, size):
+    """A network in blocks with fused activations (inference) = the network as trained."""
     monkeypatch.setattr(blocks, "CACHED_MAP_BYTES", 0)
-    monkeypatch.setattr(blocks, "CPU_BLOCK", 48)
+    monkeypatch.setattr(blocks, "CPU_BLOCK", block)
+    cuts = []
+    spans = blocks._spans
+    monkeypatch.setattr(blocks, "_spans", lambda length, b: cuts.append(length) or spans(length, b))
     torch.manual_seed(0)
-    net = get_method("lpnet").build().eval()
-    x = torch.rand(1, 3, 161, 129)
+    net = get_method(method).build().eval()
+    x = torch.rand(1, 3, *size)
     fast = net(x)
+    assert cuts  # the blocks really ran
     with torch.enable_grad():
         reference = net(x).detach()
     torch.testing.assert_close(fast, reference, atol=2e-6, rtol=0)
@@ -116,16 +121,3 @@ def test_large_tiles_reuse_one_blending_strip():
     whole = InferenceEngine(net, spec, "cpu", precision="fp32", tile=0).run(image)["image"]
     tiled = InferenceEngine(net, spec, "cpu", precision="fp32", tile=113).run(image)["image"]
     assert np.abs(whole.astype(int) - tiled.astype(int)).max() <= 1
-
-
-@torch.no_grad()
-def test_prenet_stages_in_blocks_equal_the_whole_picture(monkeypatch):
-    monkeypatch.setattr(blocks, "CACHED_MAP_BYTES", 0)
-    monkeypatch.setattr(blocks, "CPU_BLOCK", 40)
-    torch.manual_seed(0)
-    net = get_method("prenet").build().eval()
-    x = torch.rand(1, 3, 97, 83)
-    fast = net(x)
-    with torch.enable_grad():
-        reference = net(x).detach()
-    torch.testing.assert_close(fast, reference, atol=2e-6, rtol=0)
