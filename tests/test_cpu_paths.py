@@ -40,7 +40,7 @@ def test_blocks_equal_the_whole_map(monkeypatch):
     seen = []
     counted = lambda *t: seen.append(t[0].shape[-2:]) or net(*t)  # noqa: E731
     blocked = run_in_blocks(counted, (x, y), net.radius, 8, block=16)
-    assert len(seen) == 4 * 3  # 61 rows in 4 spans, 47 columns in 3
+    assert len(seen) == 2 * 4 * 3  # each of 2 pictures: 61 rows in 4 spans, 47 columns in 3
     for a, b in zip(whole, blocked):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
@@ -54,6 +54,15 @@ def test_maps_that_fit_the_caches_run_whole():
     x = torch.zeros(1, 3, 64, 64)
     run_in_blocks(lambda t: seen.append(t.shape) or t, (x,), 3, 16, block=16)
     assert seen == [x.shape]  # 64 x 64 x 16 channels x 4 bytes: far below the cache bound
+
+
+def test_a_batch_that_overflows_the_caches_goes_picture_by_picture(monkeypatch):
+    monkeypatch.setattr(blocks, "CACHED_MAP_BYTES", 64 * 64 * 16 * 4)  # one picture fits, two do not
+    seen = []
+    x = torch.rand(3, 3, 64, 64)
+    out = run_in_blocks(lambda t: seen.append(t.shape) or 2 * t, (x,), 3, 16, block=16)
+    assert seen == [torch.Size([1, 3, 64, 64])] * 3  # whole pictures, one at a time: no blocks
+    torch.testing.assert_close(out, 2 * x)
 
 
 def test_blocking_only_in_cpu_inference():

@@ -69,30 +69,33 @@ def run_in_blocks(
     """``layers(*inputs)`` computed block by block; equal to the whole-map call.
 
     ``layers`` must be local with receptive radius at most ``radius`` and keep the spatial
-    size; ``inputs`` share their height and width; ``channels`` is the widest activation
-    inside (it decides whether the whole map stays in the caches). Returns what ``layers``
-    returns.
+    size; ``inputs`` are (N, C, H, W) with the same N, H and W; ``channels`` is the widest
+    activation inside (it decides whether a map stays in the caches). Pictures of a batch
+    (video frames) go one at a time. Returns what ``layers`` returns.
     """
-    height, width = inputs[0].shape[-2:]
-    if height * width * channels * inputs[0].element_size() <= CACHED_MAP_BYTES:
+    batch, height, width = inputs[0].shape[0], *inputs[0].shape[-2:]
+    picture_bytes = height * width * channels * inputs[0].element_size()
+    if batch * picture_bytes <= CACHED_MAP_BYTES:
         return layers(*inputs)
-    block = block or CPU_BLOCK
-    rows, cols = _spans(height, block), _spans(width, block)
+    if picture_bytes <= CACHED_MAP_BYTES:
+        rows, cols = [(0, height)], [(0, width)]
+    else:
+        rows, cols = _spans(height, block or CPU_BLOCK), _spans(width, block or CPU_BLOCK)
     outputs: list[torch.Tensor] | None = None
     single = False
-    for y0, y1 in rows:
-        top, bottom = max(y0 - radius, 0), min(y1 + radius, height)
-        for x0, x1 in cols:
-            left, right = max(x0 - radius, 0), min(x1 + radius, width)
-            result = layers(*(t[..., top:bottom, left:right] for t in inputs))
-            if isinstance(result, torch.Tensor):
-                result, single = (result,), True
-            if outputs is None:
-                outputs = [
-                    r.new_empty((*r.shape[:-2], height, width)).contiguous(memory_format=torch.channels_last)
-                    if r.dim() == 4 else r.new_empty((*r.shape[:-2], height, width))
-                    for r in result
-                ]
-            for out, r in zip(outputs, result):
-                out[..., y0:y1, x0:x1] = r[..., y0 - top : y1 - top, x0 - left : x1 - left]
+    for n in range(batch):
+        for y0, y1 in rows:
+            top, bottom = max(y0 - radius, 0), min(y1 + radius, height)
+            for x0, x1 in cols:
+                left, right = max(x0 - radius, 0), min(x1 + radius, width)
+                result = layers(*(t[n : n + 1, :, top:bottom, left:right] for t in inputs))
+                if isinstance(result, torch.Tensor):
+                    result, single = (result,), True
+                if outputs is None:
+                    outputs = [
+                        r.new_empty((batch, r.shape[1], height, width)).contiguous(memory_format=torch.channels_last)
+                        for r in result
+                    ]
+                for out, r in zip(outputs, result):
+                    out[n : n + 1, :, y0:y1, x0:x1] = r[..., y0 - top : y1 - top, x0 - left : x1 - left]
     return outputs[0] if single else tuple(outputs)

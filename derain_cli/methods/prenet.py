@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from derain_cli.engine.blocks import blocking_applies, run_in_blocks
-from derain_cli.engine.fused import conv_act
+from derain_cli.engine.fused import conv_act, fusion_applies
 from derain_cli.losses import ssim_loss
 
 STAGES = 6
@@ -64,8 +64,10 @@ class PReNet(nn.Module):
 
     def stage(self, rainy, estimate, hidden, cell) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One stage: (rainy, previous estimate, LSTM hidden and cell) -> the next three."""
-        # each Sequential is (conv, activation): conv_act fuses the two on the CPU
-        x = conv_act(self.conv0[0], torch.cat((rainy, estimate), 1), "relu")
+        # each Sequential is (conv, activation): conv_act fuses the two in CPU inference;
+        # otherwise conv0 runs as itself, the feature stage finetune-real's moments tap hooks
+        both = torch.cat((rainy, estimate), 1)
+        x = conv_act(self.conv0[0], both, "relu") if fusion_applies(both) else self.conv0(both)
         x = torch.cat((x, hidden), 1)
         gate = {name: conv_act(getattr(self, f"conv_{name}")[0], x, act) for name, act in GATES.items()}
         cell = gate["f"] * cell + gate["i"] * gate["g"]
