@@ -21,15 +21,7 @@ import torch
 from derain_cli.engine.blocks import plain_paths
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.methods import get_method
-
-
-def best_of(repeat: int, run) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from remove_speed import best_of  # beside this script
 
 
 def main() -> None:

@@ -38,13 +38,14 @@ from derain_cli.weights.resolve import available_entries
 CONV_SIZES = (128, 256, 384, 512)
 
 
-def best_of(repeat: int, run) -> float:
-    times = []
+def best_of(repeat: int, run) -> tuple[float, object]:
+    """The fastest of ``repeat`` calls of ``run``, in seconds, and the last call's result."""
+    best, out = float("inf"), None
     for _ in range(repeat):
         start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        out = run()
+        best = min(best, time.perf_counter() - start)
+    return best, out
 
 
 def conv_flops_per_pixel(model: nn.Module, size: int) -> tuple[float, int]:
@@ -73,7 +74,7 @@ def conv_throughput(width: int, size: int, repeat: int) -> float:
     x = torch.rand(1, width, size, size).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         conv(x)
-        seconds = best_of(repeat, lambda: conv(x))
+        seconds, _ = best_of(repeat, lambda: conv(x))
     return 2 * 9 * width * width * size * size / seconds
 
 
@@ -112,16 +113,16 @@ def main() -> None:
             export_safetensors(model.state_dict(), Path(tmp, "random.safetensors"))
             command += ["--weights", str(Path(tmp, "random.safetensors"))]
         rows = []
-        process_s = best_of(args.repeat, lambda: subprocess.run(command, check=True))
+        process_s, _ = best_of(args.repeat, lambda: subprocess.run(command, check=True))
         rows.append(("whole process (start-up, decode, derain, encode)", process_s, megapixels))
         image = np.asarray(Image.open(source).convert("RGB"))
         engine.run(image[:300, :300])  # warm-up
-        engine_s = best_of(args.repeat, lambda: engine.run(image))
+        engine_s, _ = best_of(args.repeat, lambda: engine.run(image))
         rows.append(("engine on the decoded picture", engine_s, megapixels))
         x = torch.rand(1, 3, tile, tile).to(memory_format=torch.channels_last)
         with torch.inference_mode():
             engine.model(x)
-            tile_s = best_of(3 * args.repeat, lambda: engine.model(x))
+            tile_s, _ = best_of(3 * args.repeat, lambda: engine.model(x))
         rows.append((f"network on one {tile}x{tile} tile", tile_s, tile * tile / 1e6))
         conv = max(conv_throughput(conv_width, size, 5) for size in CONV_SIZES)
     bound = conv / flops / 1e6

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs, run_videos
-from derain_cli.engine.inference import DEFAULT_TILE, InferenceEngine
+from derain_cli.engine.inference import InferenceEngine
 from derain_cli.errors import UsageError
-from derain_cli.methods import MethodSpec, get_method
+from derain_cli.methods import DEFAULT_TILE, MethodSpec, get_method
 from derain_cli.onnx_runner import is_onnx_weights
 from derain_cli.video import is_video
 from derain_cli.weights.loading import load_into, read_state_dict

@@ -35,7 +35,7 @@ def fusion_applies(x: torch.Tensor) -> bool:
 # the plain ops a fused activation stands for (the in-place LeakyReLU is autograd-safe
 # after a convolution, and saves a pass where no fusion applies)
 _PLAIN = {
-    "relu": lambda y: torch.relu(y),
+    "relu": torch.relu,
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
     "leaky_relu": lambda y, slope: F.leaky_relu_(y, slope),

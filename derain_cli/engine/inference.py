@@ -33,7 +33,6 @@ from derain_cli.engine.tiling import (
 from derain_cli.errors import ImageError
 from derain_cli.methods import MethodSpec
 
-DEFAULT_TILE = 512
 
 
 def _peak(dtype: np.dtype) -> float:

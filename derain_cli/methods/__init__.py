@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, replace
 from derain_cli.errors import UsageError
 
 
+DEFAULT_TILE = 512  # pixels; a method whose local parts run in cached blocks declares larger
+
+
 @dataclass(frozen=True)
 class TrainingRecipe:
     """The paper's training settings, the defaults of ``derain train`` (all overridable)."""
@@ -82,7 +85,7 @@ class MethodSpec:
     bf16_safe: bool = False
     training: str = "paired"
     cpu_size: str | None = None  # the method's smaller configuration for CPUs (``derain train`` says so there)
-    tile: int = 512
+    tile: int = DEFAULT_TILE
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
