@@ -91,6 +91,7 @@ def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable]
 
     marker = out / ".complete"
     if marker.is_file() and marker.read_text(encoding="utf-8") == signature:
+        log(f"reusing the labeled pairs synthesised earlier in {out}")
         return out
     shutil.rmtree(out, ignore_errors=True)
     log(f"synthesising {len(PAIR_STYLES) * len(photos)} labeled pairs from {len(photos)} derained photos in {out}")
@@ -146,6 +147,19 @@ def _check(request: FinetuneRequest) -> None:
         raise UsageError(f"--lr must be positive, got {request.lr}")
 
 
+def _clear_run_keeping_pairs(out: Path) -> None:
+    """Empty a run folder for a new run, but keep synthesised pairs: they are reused only when
+    their signature (photos, starting weights' sha256, seed, size) matches, and they cost
+    minutes to make (a run stopped before its first checkpoint would otherwise redo them)."""
+    for entry in out.iterdir():
+        if entry.name == "pairs" and entry.is_dir():
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, on_trainer=None,
                   warn: Callable[[str], None] | None = None) -> dict:
     """Adapt, install as the user's model, and return the summary (with ``name`` and ``installed``).
@@ -173,7 +187,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         if (out / "last.pth").exists() and not request.restart:
             raise UsageError(f"{out} already holds a run for {name}; pass --resume to continue it, "
                              "--restart to start again, or choose another --tag")
-        shutil.rmtree(out)
+        _clear_run_keeping_pairs(out)
     batch_size = request.batch_size or recipe.batch_size
     patch_size = request.patch_size or recipe.patch_size
     photos = PhotoSampler(photo_files, patch_size, batch_size, request.seed, request.max_side, warn=warn or log)
@@ -182,7 +196,10 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         pair_source = f"`{request.pairs}` (given with --pairs)"
         pair_list = find_pairs(request.pairs)
     else:
-        signature = "\n".join([start, str(request.seed), str(request.max_side), *photos.names])
+        from derain_cli.weights.resolve import resolve, sha256_of
+
+        start_sha = sha256_of(resolve(f"{method}.{start_tag}", request.weights).path)
+        signature = "\n".join([start, start_sha, str(request.seed), str(request.max_side), *photos.names])
         folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
                                   out / "pairs", request.seed, signature, log)
         pair_list = find_pairs(folder)

@@ -158,3 +158,31 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert other.exit_code == 2 and "objective (sirr -> moments)" in other.output
     faster = runner.invoke(app, ["finetune-real", str(photos), *TINY, "--lr", "0.01", "--resume"])
     assert faster.exit_code == 2 and "lr (0.001 -> 0.01)" in " ".join(faster.output.split())
+
+
+def test_synthesised_pairs_are_reused_only_for_the_same_start(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    import derain_cli.synth as synth
+    from derain_cli.weights.resolve import resolve
+
+    photos = make_photos(tmp_path / "photos", n=3)
+    assert runner.invoke(app, ["finetune-real", str(photos), *TINY]).exit_code == 0
+    run = tmp_path / "data/runs/finetune-real/lpnet.photos"
+    calls = []
+    original = synth.add_rain
+    monkeypatch.setattr(synth, "add_rain", lambda *a: calls.append(1) or original(*a))
+
+    (run / "last.pth").unlink()  # a run stopped before its first checkpoint
+    assert runner.invoke(app, ["finetune-real", str(photos), *TINY]).exit_code == 0
+    assert runner.invoke(app, ["finetune-real", str(photos), *TINY, "--restart"]).exit_code == 0
+    assert calls == []  # same photos, start, seed and size: the pairs were not made again
+
+    state = safetensors.torch.load_file(resolve("lpnet.rain100l").path)
+    first = next(iter(state))
+    state[first] = state[first] + 0.01
+    other = tmp_path / "other.safetensors"
+    safetensors.torch.save_file(state, other)
+    changed = runner.invoke(app, ["finetune-real", str(photos), *TINY, "--restart", "-w", str(other)])
+    assert changed.exit_code == 0, changed.output
+    assert len(calls) == 6  # other starting weights: new derained photos, new pairs
