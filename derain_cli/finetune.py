@@ -7,6 +7,7 @@ the user data directory (resumable), and installs the result as the user's model
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import zlib
 from collections.abc import Callable
@@ -84,7 +85,7 @@ def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable]
     """Labeled pairs without anyone's clean photos: rain of every ``derain synth`` style added
     to the starting model's derained version of each photo, written to ``out`` (rain/ +
     norain/, PNG). ``out/.complete`` holds the ``signature`` of the inputs (photos, starting
-    weights, seed, size) that made a finished set; a matching set is reused, any other redone.
+    weights, seed) that made a finished set; a matching set is reused, any other redone.
     ``make_derainer()`` is called only when pairs have to be made."""
     from derain_cli.io import Picture, write_image
     from derain_cli.synth import STYLES, add_rain
@@ -147,9 +148,18 @@ def _check(request: FinetuneRequest) -> None:
         raise UsageError(f"--lr must be positive, got {request.lr}")
 
 
+def _photos_digest(photos: PhotoSampler) -> str:
+    """sha256 of the photos as training sees them (names and downscaled pixels)."""
+    digest = hashlib.sha256()
+    for name, image in zip(photos.names, photos.images):
+        digest.update(name.encode() + b"\0" + str(tuple(image.shape)).encode())
+        digest.update(image.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _clear_run_keeping_pairs(out: Path) -> None:
     """Empty a run folder for a new run, but keep synthesised pairs: they are reused only when
-    their signature (photos, starting weights' sha256, seed, size) matches, and they cost
+    their signature (photos' pixels, starting weights' sha256, seed) matches, and they cost
     minutes to make (a run stopped before its first checkpoint would otherwise redo them)."""
     for entry in out.iterdir():
         if entry.name == "pairs" and entry.is_dir():
@@ -199,7 +209,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         from derain_cli.weights.resolve import resolve, sha256_of
 
         start_sha = sha256_of(resolve(f"{method}.{start_tag}", request.weights).path)
-        signature = "\n".join([start, start_sha, str(request.seed), str(request.max_side), *photos.names])
+        signature = "\n".join([start, start_sha, str(request.seed), _photos_digest(photos)])
         folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
                                   out / "pairs", request.seed, signature, log)
         pair_list = find_pairs(folder)

@@ -186,3 +186,12 @@ def test_synthesised_pairs_are_reused_only_for_the_same_start(tmp_path, monkeypa
     changed = runner.invoke(app, ["finetune-real", str(photos), *TINY, "--restart", "-w", str(other)])
     assert changed.exit_code == 0, changed.output
     assert len(calls) == 6  # other starting weights: new derained photos, new pairs
+
+    def restart():
+        assert runner.invoke(app, ["finetune-real", str(photos), *TINY, "--restart"]).exit_code == 0
+        return len(calls)
+
+    assert restart() == 12 and restart() == 12  # back to lpnet.rain100l: made once, then reused
+    edited = np.asarray(Image.open(photos / "photo0.png"))
+    Image.fromarray(255 - edited).save(photos / "photo0.png")  # same name, other pixels
+    assert restart() == 18
