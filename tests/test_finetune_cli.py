@@ -160,7 +160,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert faster.exit_code == 2 and "lr (0.001 -> 0.01)" in " ".join(faster.output.split())
 
 
-def test_synthesised_pairs_are_reused_only_for_the_same_start(tmp_path, monkeypatch):
+def test_synthesised_pairs_are_reused_only_for_the_same_photos_and_start(tmp_path, monkeypatch):
     import safetensors.torch
 
     import derain_cli.synth as synth
@@ -176,7 +176,7 @@ def test_synthesised_pairs_are_reused_only_for_the_same_start(tmp_path, monkeypa
     (run / "last.pth").unlink()  # a run stopped before its first checkpoint
     assert runner.invoke(app, ["finetune-real", str(photos), *TINY]).exit_code == 0
     assert runner.invoke(app, ["finetune-real", str(photos), *TINY, "--restart"]).exit_code == 0
-    assert calls == []  # same photos, start, seed and size: the pairs were not made again
+    assert calls == []  # same photos, start and seed: the pairs were not made again
 
     state = safetensors.torch.load_file(resolve("lpnet.rain100l").path)
     first = next(iter(state))
