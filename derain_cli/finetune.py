@@ -51,6 +51,7 @@ ALGORITHMS = {
 }
 DEFAULT_ITERATIONS = 2000
 PAIR_STYLES = ("light", "heavy")
+PAIRS_FOLDER = "pairs"  # in the run folder: the synthesised pairs, kept across restarts
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _clear_run_keeping_pairs(out: Path) -> None:
     their signature (photos' pixels, starting weights' sha256, seed) matches, and they cost
     minutes to make (a run stopped before its first checkpoint would otherwise redo them)."""
     for entry in out.iterdir():
-        if entry.name == "pairs" and entry.is_dir():
+        if entry.name == PAIRS_FOLDER and entry.is_dir():
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
@@ -211,7 +212,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         start_sha = sha256_of(resolve(f"{method}.{start_tag}", request.weights).path)
         signature = "\n".join([start, start_sha, str(request.seed), _photos_digest(photos)])
         folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
-                                  out / "pairs", request.seed, signature, log)
+                                  out / PAIRS_FOLDER, request.seed, signature, log)
         pair_list = find_pairs(folder)
         pair_source = (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
                        f"versions of the photos ({len(pair_list)} pairs)")

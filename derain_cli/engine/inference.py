@@ -34,7 +34,6 @@ from derain_cli.errors import ImageError
 from derain_cli.methods import MethodSpec
 
 
-
 def _peak(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
