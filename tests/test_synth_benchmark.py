@@ -53,6 +53,40 @@ def test_synth_cli_writes_a_trainable_layout(tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "again/rain/c0_0.png")), first)
 
 
+
+def test_synth_refuses_an_existing_pair_folder_and_never_overwrites_inputs(tmp_path):
+    """A real pair folder X (rain/ + norain/): `synth X/norain -o X` must not replace X/rain."""
+    for i in range(2):
+        for part in ("rain", "norain"):
+            (tmp_path / "X" / part).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rainy_picture(30, 40, seed=i + 10 * (part == "rain"))).save(tmp_path / "X" / part / f"p{i}.png")
+    before = {p: p.read_bytes() for p in (tmp_path / "X").rglob("*.png")}
+    result = runner.invoke(app, ["synth", str(tmp_path / "X/norain"), "-o", str(tmp_path / "X")])
+    assert result.exit_code == 2, result.output
+    assert "already holds pairs" in result.output and "p0.png exists and 1 more" in result.output
+    assert "--overwrite" in result.output and len(result.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in (tmp_path / "X").rglob("*.png")} == before
+    # an earlier set under other names, too: a second run with another seed is refused
+    runner.invoke(app, ["synth", str(tmp_path / "X/norain"), "-o", str(tmp_path / "S")])
+    result = runner.invoke(app, ["synth", str(tmp_path / "X/rain"), "-o", str(tmp_path / "S"), "--seed", "3"])
+    assert result.exit_code == 2 and "already holds pairs" in result.output
+    # --overwrite replaces rain/, but the clean inputs in norain/ are kept as they are
+    result = runner.invoke(app, ["synth", str(tmp_path / "X/norain"), "-o", str(tmp_path / "X"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    clean = sorted((tmp_path / "X/norain").iterdir())
+    assert all(p.read_bytes() == before[p] for p in clean)
+    assert (tmp_path / "X/rain/p0.png").read_bytes() != before[tmp_path / "X/rain/p0.png"]
+    # rain/ outputs that are the inputs themselves: refused even with --overwrite
+    result = runner.invoke(app, ["synth", str(tmp_path / "X/rain"), "-o", str(tmp_path / "X"), "--overwrite"])
+    assert result.exit_code == 2 and "would overwrite an input" in result.output
+    # a fresh folder from a norain/ folder alone: the pairs' clean side is the inputs, untouched
+    lone = tmp_path / "lone"
+    (lone / "norain").mkdir(parents=True)
+    Image.fromarray(rainy_picture(30, 40)).save(lone / "norain/a.png")
+    kept = (lone / "norain/a.png").read_bytes()
+    assert runner.invoke(app, ["synth", str(lone / "norain"), "-o", str(lone)]).exit_code == 0
+    assert (lone / "norain/a.png").read_bytes() == kept and (lone / "rain/a.png").is_file()
+
 def test_benchmark_scores_match_the_metrics_and_write_reports(tmp_path, lpnet_checkpoint):
     import derain_cli
 
