@@ -151,7 +151,7 @@ def derain_paths(
     options = options or OutputOptions()
     if output is not None:
         options = OutputOptions(**{**options.__dict__, "output": Path(output)})
-    found = collect_inputs([str(p) for p in inputs], options.recursive, exclude=options.output)
+    found = collect_inputs([str(p) for p in inputs], options.recursive, exclude=options.output, suffix=options.suffix)
     jobs, refused = plan_jobs(found.files, options)
     results = found.skipped + refused
     for early in results:

@@ -121,13 +121,17 @@ def _walk(folder: Path) -> Iterator[Path]:
         yield from (Path(root, name) for name in files)
 
 
-def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path | None = None) -> Inputs:
+def collect_inputs(
+    specs: Iterable[str], recursive: bool = False, exclude: Path | None = None, suffix: str | None = None
+) -> Inputs:
     """Expand files, folders and glob patterns, in order, without duplicates.
 
     A path named on the command line is always kept, even when it does not exist (its job
     then fails with a clear message), so that a typo is reported rather than dropped.
     Entries of folders and patterns that are not pictures become skipped results with the
-    reason. ``exclude`` (the output folder) is left out when it lies inside an input folder.
+    reason, as do derain's own outputs found beside their inputs (``own_outputs``: the
+    ``_derained`` ones, and those of ``suffix``, the command's ``--suffix``). ``exclude``
+    (the output folder) is left out when it lies inside an input folder.
     """
     found: list[tuple[Path, Path]] = []
     skips: list[FileResult] = []
@@ -140,6 +144,9 @@ def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path 
                 pictures.append(entry)
             elif not (recursive and reason == "folder"):  # -r walks into folders: nothing skipped
                 skips.append(skipped(entry, reason))
+        outputs = own_outputs(pictures, (DEFAULT_SUFFIX, suffix))
+        skips.extend(skipped(entry, OWN_OUTPUT) for entry in pictures if entry in outputs)
+        pictures = [entry for entry in pictures if entry not in outputs]
         found.extend((f, f.relative_to(relative_to) if relative_to else Path(f.name)) for f in pictures)
         return pictures
 
@@ -164,6 +171,29 @@ def collect_inputs(specs: Iterable[str], recursive: bool = False, exclude: Path 
             seen.add(key)
             unique.append((source, rel))
     return Inputs(unique, skips)
+
+
+OWN_OUTPUT = "derain output"  # the skip reason of an earlier run's output found beside its input
+
+
+def own_outputs(pictures: list[Path], suffixes: Iterable[str | None] = (DEFAULT_SUFFIX,)) -> set[Path]:
+    """The entries that are derain's outputs of another entry in the same folder.
+
+    ``a_derained.EXT`` (any picture or video extension: ``--ext`` may have changed it) and its
+    mask ``a_derained_mask.png`` are outputs when ``a.*`` is there too, for each suffix in
+    ``suffixes`` (empty ones ignored); a file that merely ends in ``_derained`` with no source
+    beside it is not, and is derained like any other picture.
+    """
+    stems: dict[tuple[Path, str], list[Path]] = {}
+    for entry in pictures:
+        stems.setdefault((entry.parent, entry.stem), []).append(entry)
+    outputs = set()
+    for source in pictures:
+        for suffix in filter(None, set(suffixes)):
+            outputs.update(stems.get((source.parent, source.stem + suffix), ()))
+            masks = stems.get((source.parent, f"{source.stem}{suffix}_mask"), ())
+            outputs.update(mask for mask in masks if mask.suffix.lower() == ".png")
+    return outputs
 
 
 def _output_ext(ext: str | None, source: Path) -> str:

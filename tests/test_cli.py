@@ -141,3 +141,43 @@ def test_models_list_and_verify():
     assert result.exit_code == 0 and "lpnet.rain100l" in result.output
     assert derain("models", "verify").exit_code == 0
     assert derain("models", "verify", "lpnet.nonexistent").exit_code == 3
+
+
+def test_rerun_with_outputs_beside_inputs_does_nothing_new(tmp_path, write_picture, lpnet_checkpoint):
+    """The README's default layout: a second `remove DIR -r --skip-existing` exits 0, writes nothing."""
+    write_picture("in/a.jpg")
+    write_picture("in/sub/b.png")
+    write_picture("in/lonely_derained.png")  # the user's own file: no source beside it, so an input
+    first = derain("remove", tmp_path / "in", "-r", "-w", lpnet_checkpoint, "--json")
+    assert first.exit_code == 0, first.output
+    assert {Path_name(r["input"]) for r in map(json.loads, first.stdout.splitlines()) if r["status"] == "ok"} == {
+        "a.jpg", "b.png", "lonely_derained.png"
+    }
+    written = sorted(p.relative_to(tmp_path) for p in (tmp_path / "in").rglob("*"))
+    again = derain("remove", tmp_path / "in", "-r", "-w", lpnet_checkpoint, "--skip-existing", "--json")
+    assert again.exit_code == 0, again.output
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert {(Path_name(r["input"]), r["status"], r["reason"]) for r in records} == {
+        ("a.jpg", "skipped", "exists"), ("b.png", "skipped", "exists"), ("lonely_derained.png", "skipped", "exists"),
+        ("a_derained.jpg", "skipped", "derain output"), ("b_derained.png", "skipped", "derain output"),
+        ("lonely_derained_derained.png", "skipped", "derain output"),
+    }
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "in").rglob("*")) == written
+    # without --skip-existing: the existing outputs are the failures, never the outputs as inputs
+    plain = derain("remove", tmp_path / "in", "-r", "-w", lpnet_checkpoint)
+    assert plain.exit_code == 1 and "would overwrite an input" not in plain.output
+    assert "3 failed" in plain.output and "output exists" in plain.output
+
+
+def test_masks_and_custom_suffix_outputs_beside_inputs_are_not_inputs(tmp_path, write_picture):
+    from derain_cli.batch import OWN_OUTPUT, collect_inputs
+
+    for name in ("a.jpg", "a_derained.webp", "a_derained_mask.png", "b.png", "b_clean.png", "c_clean.png"):
+        write_picture(f"in/{name}")
+    found = collect_inputs([str(tmp_path / "in")], suffix="_clean")
+    assert sorted(rel.name for _, rel in found.files) == ["a.jpg", "b.png", "c_clean.png"]
+    assert sorted(Path_name(r.input) for r in found.skipped if r.reason == OWN_OUTPUT) == [
+        "a_derained.webp", "a_derained_mask.png", "b_clean.png"
+    ]
+    named = collect_inputs([str(tmp_path / "in/a_derained.webp")])  # named on the command line: always an input
+    assert [rel.name for _, rel in named.files] == ["a_derained.webp"]

@@ -88,7 +88,7 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
         skip_existing=skip_existing, quality=quality, max_pixels=max_pixels, extras=extras,
     )
     worker = Shard.parse(shard) if shard else Shard()
-    found = collect_inputs(inputs, recursive, exclude=output)
+    found = collect_inputs(inputs, recursive, exclude=output, suffix=suffix)
     planned, refused = plan_jobs(found.files, options)  # planned over all inputs: every worker decides alike
     early = [r for r in found.skipped + refused if worker.owns(r.input)]
     work = [job for job in planned if worker.owns(job.source)]
