@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs, run_videos
+from derain_cli.engine.checkpoints import build_network
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.errors import UsageError
 from derain_cli.methods import DEFAULT_TILE, MethodSpec, get_method
 from derain_cli.onnx_runner import is_onnx_weights
 from derain_cli.video import is_video
-from derain_cli.weights.loading import load_into, read_state_dict
 from derain_cli.weights.manifest import split_name
 from derain_cli.weights.resolve import ResolvedWeights, resolve
 
@@ -101,7 +101,7 @@ def load(
     method = method or DEFAULT_METHOD
     spec = get_method(split_name(method)[0])
     resolved = resolve(method, weights, offline)
-    model = load_into(spec.build(), read_state_dict(resolved.path), resolved.label)
+    model = build_network(spec, resolved)
     engine = InferenceEngine(model, spec, device=device, precision=precision, tile=tile, log=log)
     return Restorer(spec, engine, resolved)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from derain_cli.errors import UsageError
+from derain_cli.errors import DerainError, UsageError
 from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, remove_stale_temporaries, write_image
 from derain_cli.video import VIDEO_EXTENSIONS, VideoOptions, derain_video, is_video
 
@@ -282,7 +282,8 @@ class Shard:
 def _failed(job: Job, err: Exception) -> str:
     message = str(err)
     if str(job.source) not in message and not any(str(path) in message for path in job.outputs):
-        message = f"{job.source}: {type(err).__name__}: {message}"
+        kind = "" if isinstance(err, DerainError) else f"{type(err).__name__}: "  # derain's own say what they are
+        message = f"{job.source}: {kind}{message}"
     return message
 
 

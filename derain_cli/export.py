@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from derain_cli import __version__
+from derain_cli.engine.checkpoints import build_network
 from derain_cli.engine.tiling import aligned_size
 from derain_cli.errors import DerainError, UsageError, WeightsError
 from derain_cli.io import current_umask
 from derain_cli.methods import MethodSpec, get_method
-from derain_cli.weights.loading import load_into, read_state_dict
 from derain_cli.weights.manifest import split_name
 from derain_cli.weights.resolve import resolve, sha256_of
 
@@ -196,7 +196,7 @@ def export_model(
     path = Path(output) if output else Path(f"{spec.name}.{tag}{FORMATS[fmt]}")
     if path.exists() and not overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
-    network = _OutputsInOrder(load_into(spec.build(), read_state_dict(resolved.path), resolved.label), spec.outputs).eval()
+    network = _OutputsInOrder(build_network(spec, resolved), spec.outputs).eval()
     metadata = ExportMetadata(
         method=spec.name, tag=tag,
         weights=resolved.label if resolved.entry or resolved.source == "hf" else resolved.path.name,  # no local paths

@@ -181,3 +181,30 @@ def test_masks_and_custom_suffix_outputs_beside_inputs_are_not_inputs(tmp_path, 
     ]
     named = collect_inputs([str(tmp_path / "in/a_derained.webp")])  # named on the command line: always an input
     assert [rel.name for _, rel in named.files] == ["a_derained.webp"]
+
+
+def test_non_finite_weights_are_refused_at_load_and_a_non_finite_output_fails_the_file(
+    tmp_path, write_picture, lpnet_checkpoint, monkeypatch
+):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import derain_cli.methods.lpnet as lpnet
+
+    src = write_picture("in/a.png")
+    state = load_file(str(lpnet_checkpoint))
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    nan = tmp_path / "nan.safetensors"
+    save_file(state, str(nan))
+    result = derain("remove", src, "-w", nan, "--device", "cpu")
+    assert result.exit_code == 3, result.output
+    assert f"{nan}: not usable weights: {name} hold NaN or Inf values" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not src.with_name("a_derained.png").exists()
+
+    monkeypatch.setattr(lpnet.LPNet, "forward", lambda self, x: torch.full_like(x, float("inf")))
+    result = derain("remove", src, "-w", lpnet_checkpoint, "--device", "cpu", "--json")
+    assert result.exit_code == 1
+    record = json.loads(result.stdout.splitlines()[0])
+    assert record["status"] == "failed" and "a.png" in record["error"] and "NaN or Inf" in record["error"]
+    assert not src.with_name("a_derained.png").exists()

@@ -9,6 +9,26 @@ from pathlib import Path
 
 import torch
 
+from derain_cli.errors import WeightsError
+
+
+def require_finite(state: dict[str, torch.Tensor], source: str | Path) -> dict[str, torch.Tensor]:
+    """``state`` as it is; WeightsError naming ``source`` when a tensor holds NaN or Inf (the
+    network would turn every picture into garbage, or black)."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise WeightsError(f"{source}: not usable weights: {bad[0]}{more} hold NaN or Inf values (a diverged training run?)")
+    return state
+
+
+def build_network(spec, resolved) -> torch.nn.Module:
+    """``spec``'s network (a MethodSpec) with the weights of ``resolved`` (a ResolvedWeights),
+    refused when they do not fit it or are not finite."""
+    from derain_cli.weights.loading import load_into, read_state_dict
+
+    return load_into(spec.build(), require_finite(read_state_dict(resolved.path), resolved.path), resolved.label)
+
 
 def save_atomic(state: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""

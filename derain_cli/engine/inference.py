@@ -208,4 +208,8 @@ class InferenceEngine:
         missing = set(self.spec.outputs) - set(result)
         if missing:
             raise RuntimeError(f"{self.spec.name} did not return its declared outputs {sorted(missing)}")
-        return {name: result[name].float().permute(0, 2, 3, 1).cpu().numpy() for name in self.spec.outputs}
+        outputs = {name: result[name].float().permute(0, 2, 3, 1).cpu().numpy() for name in self.spec.outputs}
+        if not all(np.isfinite(values).all() for values in outputs.values()):
+            hint = "; try --precision fp32" if self.dtype == torch.float16 else " (broken weights?)"
+            raise ImageError(f"the network's output holds NaN or Inf{hint}; nothing written")
+        return outputs
