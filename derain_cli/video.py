@@ -25,6 +25,7 @@ from derain_cli.io import current_umask
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 QUALITY_CODECS = {"libx264": "crf", "libx265": "crf", "libvpx-vp9": "crf", "libsvtav1": "crf"}
+ODD_SIZE_CODECS = ("libvpx-vp9", "libsvtav1", "libaom-av1", "ffv1")  # the others want even sizes in 4:2:0
 
 
 def is_video(path: str | os.PathLike) -> bool:
@@ -198,9 +199,10 @@ def _transcode(av, container, source, tmp, derain_frames, options, on_frames) ->
             rotation = _rotation(pending[0])
             upright = [_upright(f.to_ndarray(format="rgb24"), rotation) for f in pending]
             for frame, clean in zip(pending, derain_frames(upright)):
-                out = av.VideoFrame.from_ndarray(_stored(steady(clean), rotation), format="rgb24")
+                stored = _padded(_stored(steady(clean), rotation), video_out.height, video_out.width)
+                out = av.VideoFrame.from_ndarray(stored, format="rgb24")
                 out.pts, out.time_base = frame.pts, frame.time_base
-                for packet in video_out.encode(out):
+                for packet in _encode(av, video_out, out, source):
                     output.mux(packet)
             frames += len(pending)
             on_frames(len(pending))
@@ -232,7 +234,7 @@ def _transcode(av, container, source, tmp, derain_frames, options, on_frames) ->
                 raise ImageError(f"{source}: the video stream holds no frames")
             if pending:
                 flush()
-            for packet in video_out.encode():
+            for packet in _encode(av, video_out, None, source):
                 output.mux(packet)
         except ImageError:
             raise
@@ -245,7 +247,7 @@ def _transcode(av, container, source, tmp, derain_frames, options, on_frames) ->
 def _video_stream(output, video_in, first_frame, codec: str, options: VideoOptions, source: Path):
     rate = video_in.average_rate or video_in.guessed_rate or Fraction(30)
     stream = output.add_stream(codec, rate=rate)
-    stream.width, stream.height = first_frame.width, first_frame.height
+    stream.width, stream.height = encoded_size(codec, first_frame.width, first_frame.height)
     stream.pix_fmt = "yuv420p" if codec != "ffv1" else "yuv444p"
     stream.time_base = video_in.time_base
     stream.codec_context.time_base = video_in.time_base
@@ -255,6 +257,31 @@ def _video_stream(output, video_in, first_frame, codec: str, options: VideoOptio
     if rotation % 360:
         stream.set_display_rotation(rotation)
     return stream
+
+
+def encoded_size(codec: str, width: int, height: int) -> tuple[int, int]:
+    """The size a frame is encoded at: its own, or one more row and/or column (a copy of the
+    last) where the encoder takes only even sizes (x264, x265: 4:2:0 halves the colour planes)."""
+    if codec in ODD_SIZE_CODECS:
+        return width, height
+    return width + width % 2, height + height % 2
+
+
+def _padded(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) frame grown to (height, width) by repeating its last row and column."""
+    grow_h, grow_w = height - array.shape[0], width - array.shape[1]
+    return np.pad(array, ((0, grow_h), (0, grow_w), (0, 0)), mode="edge") if grow_h or grow_w else array
+
+
+def _encode(av, stream, frame, source: Path):
+    """stream.encode(frame) (None flushes); an encoder failure names the file, codec and what to try."""
+    try:
+        return stream.encode(frame)
+    except av.FFmpegError as err:
+        raise ImageError(
+            f"{source}: the {stream.codec_context.name} encoder failed ({_reason(err)}); "
+            "try --codec libvpx-vp9, or --codec ffv1 with --ext mkv"
+        ) from None
 
 
 def _reason(err: Exception) -> str:

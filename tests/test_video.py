@@ -225,3 +225,36 @@ def test_temporal_filter_steadies_still_parts_and_leaves_motion_alone():
     assert np.array_equal(video.TemporalFilter(0.0)(inputs[1]), inputs[1])
     with pytest.raises(video.UsageError):
         video.TemporalFilter(1.0)
+
+
+def make_odd_clip(path: Path, height: int = 47, width: int = 63, frames: int = 3) -> None:
+    """A lossless (FFV1) clip of an odd size, which x264 cannot encode as it is."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        for k in range(frames):
+            frame = add_rain(background(height, width), STYLES["light"], 3, k)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_odd_sized_video_is_padded_for_even_only_encoders_and_kept_by_the_others(tmp_path, monkeypatch):
+    clip = tmp_path / "odd.mkv"
+    make_odd_clip(clip)
+    result = runner.invoke(app, ["remove", str(clip), "-o", str(tmp_path / "clean.mp4"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    frames = probe(tmp_path / "clean.mp4")["frames"]
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3)  # one repeated row and column for x264
+    assert np.abs(frames[0][-1].astype(int) - frames[0][-2]).mean() < 6  # a copy of the last row, not black
+    result = runner.invoke(app, ["remove", str(clip), "-o", str(tmp_path / "clean.webm"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert probe(tmp_path / "clean.webm")["frames"][0].shape == (47, 63, 3)  # VP9 takes odd sizes
+
+    monkeypatch.setattr(video, "encoded_size", lambda codec, width, height: (width, height))  # as before the fix
+    result = runner.invoke(app, ["remove", str(clip), "-o", str(tmp_path / "raw.mp4"), "--device", "cpu"])
+    assert result.exit_code == 1
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"{clip}: the libx264 encoder failed" in error[0] and "try --codec libvpx-vp9" in error[0]
+    assert not (tmp_path / "raw.mp4").exists() and not list(tmp_path.glob(".*derain-tmp*"))
