@@ -116,7 +116,19 @@ trained = "test"
 def test_the_shipped_manifest_parses():
     entries = load_manifest()
     for entry in entries.values():
-        assert (entry.file is None) != (entry.hub is None)
+        assert [entry.file, entry.hub, entry.github].count(None) == 2
+
+
+@pytest.mark.parametrize("source, message", [
+    ('file = "a.safetensors"\nhub = { repo = "a/b", filename = "f", revision = "main" }', "exactly one of"),
+    ('github = { repo = "csdwren/PReNet", path = "net.pth", revision = "6d908d1e" }', "full 40-hex-digit commit"),
+    ('github = { repo = "csdwren/PReNet", revision = "' + "0" * 40 + '" }', "github table lacks path"),
+    ('github = "https://example.com/net.pth"', "github must be a table"),
+])
+def test_a_source_must_be_one_pinned_location(manifest, source, message):
+    manifest(f'[prenet.x]\n{source}\nsha256 = "{"0" * 64}"\n')
+    with pytest.raises(WeightsError, match=message):
+        load_manifest()
 
 
 def test_names_resolve_to_default_tags():

@@ -2,8 +2,9 @@
 
 ``weights.toml`` sits at the top of the repository and is installed inside the package.
 Architecture settings live in code; the manifest says only where a file is (bundled in the
-package, or a Hugging Face Hub repo + filename + pinned revision), its sha256, licence and
-how it was trained. One table per checkpoint::
+package, a Hugging Face Hub repo + filename + pinned revision, or a file of the authors' own
+GitHub repository at a pinned commit), its sha256, licence and how it was trained. One table
+per checkpoint::
 
     [lpnet.rain100l]
     file = "lpnet_rain100l.safetensors"     # bundled: derain_cli/weights/files/
@@ -14,6 +15,11 @@ how it was trained. One table per checkpoint::
     [lpnet.rain100h]
     hub = { repo = "owner/name", filename = "lpnet_rain100h.safetensors", revision = "<commit sha>" }
     sha256 = "..."
+
+    [prenet.authors-rain100h]                # the authors' release, fetched from them on first use
+    github = { repo = "csdwren/PReNet", path = "logs/Rain100H/PReNet6/net_latest.pth", revision = "<40-hex commit>" }
+    sha256 = "..."
+    license = "none published"
 """
 
 from __future__ import annotations
@@ -32,12 +38,24 @@ BUNDLED_DIR = PACKAGE_DIR / "weights" / "files"
 # and default tag: their entries resolve, download and verify like any checkpoint.
 AUXILIARY = {"vgg19": "imagenet"}
 
+# Tags of checkpoints released by a method's authors (``prenet.authors-rain100h``): downloaded
+# from the authors, never bundled; `benchmark --published` runs them beside derain's own.
+AUTHORS_PREFIX = "authors-"
+NO_LICENCE = "none published"  # the licence field of files whose authors published none
+
 
 @dataclass(frozen=True)
 class HubLocation:
     repo: str
     filename: str
     revision: str
+
+
+@dataclass(frozen=True)
+class GitHubLocation:
+    repo: str
+    path: str
+    revision: str  # a full 40-hex commit: the file can never change under its sha256
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,7 @@ class WeightsEntry:
     trained: str
     file: str | None = None
     hub: HubLocation | None = None
+    github: GitHubLocation | None = None
     path: Path | None = None  # a user's own checkpoint in the data directory (weights/user.py)
 
     @property
@@ -59,7 +78,36 @@ class WeightsEntry:
     def filename(self) -> str:
         if self.path is not None:
             return self.path.name
+        if self.github is not None:
+            return Path(self.github.path).name
         return self.file if self.file else self.hub.filename
+
+    @property
+    def by_authors(self) -> bool:
+        return self.tag.startswith(AUTHORS_PREFIX)
+
+    @property
+    def unlicensed(self) -> bool:
+        return self.license == NO_LICENCE
+
+    @property
+    def origin(self) -> str:
+        """Where the file comes from, short: package, yours, hf://repo@rev, github:repo@rev."""
+        if self.path is not None:
+            return "yours"
+        if self.file:
+            return "package"
+        if self.github is not None:
+            return f"github:{self.github.repo}@{self.github.revision[:12]}"
+        return f"hf://{self.hub.repo}@{self.hub.revision[:12]}"
+
+
+def licence_notice(entries: list[WeightsEntry]) -> str:
+    """The one line said wherever unlicensed checkpoints are listed or first downloaded."""
+    names = ", ".join(e.name for e in entries)
+    origins = ", ".join(dict.fromkeys(e.origin for e in entries))
+    return (f"{names}: the authors published no licence for these weights; derain downloads them "
+            f"from the authors' own repository ({origins}) on first use and never bundles or re-hosts them")
 
 
 def manifest_path() -> Path:
@@ -73,16 +121,14 @@ def manifest_path() -> Path:
 def _entry(method: str, tag: str, table: dict, source: Path) -> WeightsEntry:
     where = f"{source}: [{method}.{tag}]"
     sha = str(table.get("sha256", "")).lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    if not is_hex(sha, 64):
         raise WeightsError(f"{where} needs a 64-hex-digit sha256")
-    hub = table.get("hub")
-    if ("file" in table) == (hub is not None):
-        raise WeightsError(f"{where} must give exactly one of 'file' (bundled) or 'hub'")
-    if hub is not None:
-        missing = {"repo", "filename", "revision"} - set(hub)
-        if missing:
-            raise WeightsError(f"{where} hub table lacks {', '.join(sorted(missing))}")
-        hub = HubLocation(hub["repo"], hub["filename"], hub["revision"])
+    if sum(key in table for key in ("file", "hub", "github")) != 1:
+        raise WeightsError(f"{where} must give exactly one of 'file' (bundled), 'hub' or 'github'")
+    hub = _location(table.get("hub"), HubLocation, "hub", where)
+    github = _location(table.get("github"), GitHubLocation, "github", where)
+    if github is not None and not is_hex(github.revision, 40):
+        raise WeightsError(f"{where} github revision must be a full 40-hex-digit commit")
     return WeightsEntry(
         method=method,
         tag=tag,
@@ -91,7 +137,26 @@ def _entry(method: str, tag: str, table: dict, source: Path) -> WeightsEntry:
         trained=str(table.get("trained", "")),
         file=table.get("file"),
         hub=hub,
+        github=github,
     )
+
+
+def _location(table: dict | None, kind: type, key: str, where: str):
+    """A ``hub`` or ``github`` table as its dataclass (None when absent); every field is required."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise WeightsError(f"{where} {key} must be a table {{ ... }}")
+    fields = list(kind.__dataclass_fields__)
+    missing = set(fields) - set(table)
+    if missing:
+        raise WeightsError(f"{where} {key} table lacks {', '.join(sorted(missing))}")
+    return kind(*(str(table[f]) for f in fields))
+
+
+def is_hex(text: str, length: int) -> bool:
+    """``text`` is ``length`` lower-case hex digits (a sha256, a git commit)."""
+    return len(text) == length and all(c in "0123456789abcdef" for c in text)
 
 
 def load_manifest(path: Path | None = None) -> dict[str, WeightsEntry]:

@@ -1,24 +1,32 @@
-"""Finding a checkpoint file: explicit path or hf:// URL, bundled file, cache, Hub download.
+"""Finding a checkpoint file: explicit path or hf:// URL, bundled file, cache, download.
 
 Every manifest file is sha256-checked before use, wherever it came from; a mismatch is
 refused. Offline mode (``--offline`` or ``HF_HUB_OFFLINE=1``) never touches the network and
 says which file is missing and where to put it. The cache is the platformdirs user cache
-(``DERAIN_CACHE_DIR`` overrides); the Hub endpoint follows ``HF_ENDPOINT``.
+(``DERAIN_CACHE_DIR`` overrides); the Hub endpoint follows ``HF_ENDPOINT``, and files of the
+authors' GitHub repositories come from ``DERAIN_GITHUB_ENDPOINT`` (default
+https://raw.githubusercontent.com, as ``{endpoint}/{owner}/{repo}/{commit}/{path}``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
+import sys
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from derain_cli.errors import UsageError, WeightsError
-from derain_cli.weights.manifest import BUNDLED_DIR, WeightsEntry, load_manifest, split_name
+from derain_cli.weights.manifest import BUNDLED_DIR, WeightsEntry, licence_notice, load_manifest, split_name
 
 _TRUE = {"1", "true", "yes", "on"}
+GITHUB_ENDPOINT = "https://raw.githubusercontent.com"
+DOWNLOAD_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -98,15 +106,70 @@ def locate(entry: WeightsEntry, offline: bool | None = None) -> ResolvedWeights:
     if path.is_file():
         verify(entry, path)
         return ResolvedWeights(entry.method, entry.name, path, "cache", entry)
-    hub = entry.hub
     if is_offline(offline):
         raise WeightsError(
-            f"{entry.name}: {hub.filename} is not in the cache and offline mode is on; "
-            f"copy it (sha256 {entry.sha256}, from Hugging Face repo {hub.repo} at revision {hub.revision}) "
-            f"to {path}"
+            f"{entry.name}: {entry.filename} is not in the cache and offline mode is on; "
+            f"copy it (sha256 {entry.sha256}, from {remote_source(entry)}) to {path}"
         )
-    _download(hub.repo, hub.filename, hub.revision, path, expected_sha256=entry.sha256)
+    if entry.github is not None:
+        if entry.unlicensed:
+            announce(licence_notice([entry]))
+        _fetch_url(github_url(entry), path, entry.sha256, entry.name)
+    else:
+        hub = entry.hub
+        _download(hub.repo, hub.filename, hub.revision, path, expected_sha256=entry.sha256)
     return ResolvedWeights(entry.method, entry.name, path, "downloaded", entry)
+
+
+def announce(line: str) -> None:
+    """A line for the user while a checkpoint downloads (stderr; never stdout, which is data)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def github_url(entry: WeightsEntry) -> str:
+    """The raw-file URL of an entry's file in its GitHub repository at its pinned commit."""
+    endpoint = (os.environ.get("DERAIN_GITHUB_ENDPOINT") or GITHUB_ENDPOINT).rstrip("/")
+    return f"{endpoint}/{entry.github.repo}/{entry.github.revision}/{entry.github.path}"
+
+
+def remote_source(entry: WeightsEntry) -> str:
+    if entry.github is not None:
+        return github_url(entry)
+    return f"Hugging Face repo {entry.hub.repo} at revision {entry.hub.revision}"
+
+
+def _check_download(path: Path, expected_sha256: str | None, what: str) -> None:
+    if expected_sha256 is None:
+        return
+    actual = sha256_of(path)
+    if actual != expected_sha256:
+        raise WeightsError(f"{what} has sha256 {actual}, expected {expected_sha256}; refused")
+
+
+def _fetch_url(url: str, dest: Path, expected_sha256: str, label: str) -> None:
+    """Download ``url`` into ``dest`` atomically, after checking its sha256."""
+    announce(f"{label}: downloading {url}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+        part = Path(tmp) / dest.name
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+        except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, HTTPError, timeouts
+            raise WeightsError(f"could not download {label} from {url}: {_reason(err)}") from None
+        _check_download(part, expected_sha256, f"downloaded {url}")
+        shutil.move(part, dest)
+
+
+def _reason(err: Exception) -> str:
+    """One line: "HTTP 404 Not Found", "[Errno 111] Connection refused", ..."""
+    if isinstance(err, urllib.error.HTTPError):
+        text = f"HTTP {err.code} {err.reason}"
+    elif isinstance(err, urllib.error.URLError):
+        text = str(err.reason)
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return " ".join(text.split())
 
 
 def _download(repo: str, filename: str, revision: str, dest: Path, expected_sha256: str | None) -> None:
@@ -125,12 +188,7 @@ def _download(repo: str, filename: str, revision: str, dest: Path, expected_sha2
             )
         except Exception as err:  # network, HTTP and Hub errors all mean: weights unavailable
             raise WeightsError(f"could not download {filename} from {repo}@{revision}: {type(err).__name__}: {err}") from None
-        if expected_sha256 is not None:
-            actual = sha256_of(Path(fetched))
-            if actual != expected_sha256:
-                raise WeightsError(
-                    f"downloaded {repo}/{filename}@{revision} has sha256 {actual}, expected {expected_sha256}; refused"
-                )
+        _check_download(Path(fetched), expected_sha256, f"downloaded {repo}/{filename}@{revision}")
         shutil.move(fetched, dest)
 
 
