@@ -14,6 +14,13 @@ from derain_cli.errors import EXIT_INTERRUPTED, DerainError
 console = Console(stderr=True, highlight=False)
 
 
+def stdout_console() -> Console:
+    """A console for a command's result (tables): stdout, so that pipes and `| grep` get it, and
+    wide enough not to wrap when it is not a terminal (a log, a pipe)."""
+    out = Console(highlight=False)
+    return out if out.is_terminal else Console(highlight=False, width=220)
+
+
 def say(message: str, style: str | None = None) -> None:
     """One line on stderr, never wrapped (scripts grep these)."""
     console.print(escape(message), style=style, soft_wrap=True)

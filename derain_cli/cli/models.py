@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from derain_cli.cli.common import console, error_line, exit_codes, say
+from rich.markup import escape
+
+from derain_cli.cli.common import error_line, exit_codes, say, stdout_console
 from derain_cli.errors import EXIT_WEIGHTS, WeightsError
 
 app = typer.Typer(help="List, download, verify and remove checkpoints (weights.toml and your own).", no_args_is_help=True)
@@ -40,11 +42,12 @@ def _status(entry) -> str:
 
 @app.command("list")
 def list_models() -> None:
-    """Methods, their checkpoints (method.tag, yours included), where each lives and whether it is here."""
+    """Methods, their checkpoints (method.tag, yours and the authors' included), where each lives and
+    whether it is here. The table goes to stdout."""
     from rich.table import Table
 
     from derain_cli.methods import list_methods
-    from derain_cli.weights.manifest import AUXILIARY
+    from derain_cli.weights.manifest import AUXILIARY, licence_notice
 
     with exit_codes():
         entries = _entries(None)
@@ -53,16 +56,19 @@ def list_models() -> None:
             table.add_column(column)
         for spec in list_methods():
             mine = [e for e in entries if e.method == spec.name]
-            if not mine:
+            if not [e for e in mine if not e.by_authors]:
                 table.add_row(f"{spec.name}.{spec.default_tag}", "yes", "-", "no checkpoint shipped yet", "-")
             for e in mine:
-                source = "yours" if e.path else "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
-                table.add_row(e.name, "yes" if e.tag == spec.default_tag else "", source, _status(e), e.license)
+                default = "authors'" if e.by_authors else "yes" if e.tag == spec.default_tag else ""
+                table.add_row(e.name, default, e.origin, _status(e), e.license)
         for e in entries:  # training aids (VGG19 for LIR's semantic loss)
             if e.method in AUXILIARY:
-                source = "package" if e.file else f"hf://{e.hub.repo}@{e.hub.revision[:12]}"
-                table.add_row(e.name, "training", source, _status(e), e.license)
-        console.print(table)
+                table.add_row(e.name, "training", e.origin, _status(e), e.license)
+        out = stdout_console()
+        out.print(table)
+        unlicensed = [e for e in entries if e.unlicensed]
+        if unlicensed:
+            out.print(escape(licence_notice(unlicensed)), soft_wrap=True)
 
 
 @app.command()
@@ -107,9 +113,9 @@ def verify(
 def remove_model(
     names: Annotated[list[str], typer.Argument(help="Your models to delete (METHOD.TAG, as finetune-real named them).")],
 ) -> None:
-    """Delete models you made (finetune-real); shipped checkpoints cannot be removed."""
+    """Delete models you made and their finetune-real run folders; shipped checkpoints cannot be removed."""
     from derain_cli.weights.user import remove
 
     with exit_codes():
         for name in names:
-            say(f"removed {name} ({remove(name)})")
+            say(f"removed {name} ({', '.join(map(str, remove(name)))})")

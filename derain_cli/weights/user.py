@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 
 from derain_cli.errors import UsageError, WeightsError
-from derain_cli.weights.manifest import WeightsEntry, load_manifest, split_name
+from derain_cli.weights.manifest import WeightsEntry, is_hex, load_manifest, split_name
 
 WEIGHTS_FILE, ENTRY_FILE, CARD_FILE = "weights.safetensors", "entry.toml", "card.md"
 _TAG = re.compile(r"[A-Za-z0-9_-]+")
@@ -60,7 +60,7 @@ def _read_entry(folder: Path) -> WeightsEntry:
     try:
         table = tomllib.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
         sha = str(table["sha256"]).lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not is_hex(sha, 64):
             raise KeyError("sha256 is not 64 hex digits")
     except (OSError, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise WeightsError(f"{folder / ENTRY_FILE}: unusable ({err}); `derain models remove {folder.name}` deletes it") from None
@@ -130,14 +130,26 @@ def check_installable(name: str) -> str:
     return key
 
 
-def remove(name: str) -> Path:
-    """Delete the user checkpoint ``name``; shipped checkpoints cannot be removed."""
+def remove(name: str) -> list[Path]:
+    """Delete the user checkpoint ``name`` and its ``finetune-real`` run folder (checkpoints to
+    resume from, synthesised pairs), whichever exist; returns them. Shipped checkpoints cannot
+    be removed."""
     key = _model_name(name)
-    folder = models_dir() / key
-    if not folder.is_dir() or folder.is_symlink():
+    folders = [f for f in (models_dir() / key, _run_folder(key)) if f.is_dir() and not f.is_symlink()]
+    if not folders:
         if key in load_manifest():
             raise UsageError(f"{key} is shipped with derain, not one of your models; it cannot be removed")
         mine = ", ".join(user_entries()) or "none"
         raise UsageError(f"no model of yours named {key} in {models_dir()} (yours: {mine})")
-    shutil.rmtree(folder)
-    return folder
+    for folder in folders:
+        try:
+            shutil.rmtree(folder)
+        except OSError as err:
+            raise WeightsError(f"{folder}: cannot remove it ({err})") from None
+    return folders
+
+
+def _run_folder(key: str) -> Path:
+    from derain_cli.finetune import run_folder
+
+    return run_folder(key)
