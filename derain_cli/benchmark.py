@@ -89,6 +89,20 @@ def published_scores(channel: str = "y") -> dict[tuple[str, str], dict]:
     return {(r["method"], r["dataset"]): r for r in rows}
 
 
+def authors_checkpoints(folders: list[Path]) -> dict[str, list[Path]]:
+    """The authors' released checkpoints trained for these data sets (``METHOD.authors-DATASET``
+    in weights.toml, e.g. ``prenet.authors-rain100l`` for ``.../rain100l/test``), each with its
+    folders; `benchmark --published` runs them beside the chosen methods."""
+    from derain_cli.weights.manifest import AUTHORS_PREFIX, load_manifest
+
+    runs: dict[str, list[Path]] = {}
+    for entry in load_manifest().values():
+        matching = [f for f in folders if entry.by_authors and entry.tag == AUTHORS_PREFIX + dataset_name(f)]
+        if matching:
+            runs[entry.name] = matching
+    return runs
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from derain_cli.cli.common import exit_codes, say
+from derain_cli.cli.common import exit_codes, say, stdout_console
 
 
 def benchmark(
@@ -17,7 +17,7 @@ def benchmark(
     weights: Annotated[str | None, typer.Option("-w", "--weights", help="Checkpoint file for a single --method.")] = None,
     channel: Annotated[str, typer.Option(help="y (the papers' convention) or rgb.")] = "y",
     quantize: Annotated[str, typer.Option(help="round (as derain writes images) or truncate (as most authors' test code does).")] = "round",
-    published: Annotated[bool, typer.Option("--published", help="Show published / reference scores beside ours.")] = False,
+    published: Annotated[bool, typer.Option("--published", help="Show published / reference scores beside ours, and also score the authors' released checkpoints trained for each data set (METHOD.authors-DATASET, downloaded on first use).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, fp16, bf16.")] = "auto",
     tile: Annotated[int, typer.Option(help="Tile size; 0 = whole images (the papers' protocol).")] = 0,
@@ -50,9 +50,9 @@ def _benchmark(data, methods, weights, channel, quantize, published, device, pre
     results = [evaluate_input(folder, channel, limit) for folder in data] if score_input else []
     for r in results:
         say(f"rainy input on {r.dataset}: {r.psnr:.2f} dB / {r.ssim:.4f} over {len(r.images)} pairs")
-    for method in methods:
-        restorer = load(method, weights, device=device, precision=precision, tile=tile, offline=offline)
-        for folder in data:
+    for method, checkpoint, folders in _runs(methods, weights, data, published):
+        restorer = load(method, checkpoint, device=device, precision=precision, tile=tile, offline=offline)
+        for folder in folders:
             results.append(evaluate(restorer, folder, channel, limit, quantize))
             r = results[-1]
             say(f"{r.method} ({r.weights}) on {r.dataset}: {r.psnr:.2f} dB / {r.ssim:.4f} over {len(r.images)} pairs")
@@ -70,6 +70,22 @@ def _benchmark(data, methods, weights, channel, quantize, published, device, pre
         lines += [f"{r.method},{r.weights},{r.dataset},{i.name},{i.psnr:.4f},{i.ssim:.5f},{i.seconds:.4f}"
                   for r in results for i in r.images]
         csv_path.write_text("\n".join(lines) + "\n")
+
+
+def _runs(methods, weights, data, published) -> list[tuple[str, str | None, list[Path]]]:
+    """(method, --weights, folders) to score: the chosen methods on every folder, then with
+    --published the authors' checkpoints trained for each folder's data set."""
+    from derain_cli.benchmark import authors_checkpoints
+    from derain_cli.weights.manifest import split_name
+
+    runs = [(method, weights, data) for method in methods]
+    if published:
+        chosen = {"{}.{}".format(*split_name(m)) for m in methods}
+        for name, folders in authors_checkpoints(data).items():
+            if name not in chosen:
+                say(f"--published: also scoring the authors' checkpoint {name} on {', '.join(map(str, folders))}")
+                runs.append((name, None, folders))
+    return runs
 
 
 def _table(results, reference):
@@ -96,7 +112,6 @@ def _table(results, reference):
 
 def _print(headers, rows, convention) -> None:
     """The table goes to stdout (it is the result), wide enough not to wrap in a log."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="derain benchmark", caption=convention)
@@ -104,10 +119,7 @@ def _print(headers, rows, convention) -> None:
         table.add_column(h)
     for row in rows:
         table.add_row(*row)
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=220)
-    out.print(table)
+    stdout_console().print(table)
 
 
 def _markdown(headers, rows, convention, results, reference) -> str:
