@@ -126,8 +126,13 @@ def test_a_file_the_server_lacks_is_one_line(github):
 
 
 def test_an_unreachable_server_is_one_line(monkeypatch):
-    monkeypatch.setenv("DERAIN_GITHUB_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
-    with pytest.raises(WeightsError, match=r"could not download prenet.authors-rain100l from http://127.0.0.1:9/"):
+    import socket
+
+    with socket.socket() as probe:  # a port that nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("DERAIN_GITHUB_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(WeightsError, match=rf"could not download prenet.authors-rain100l from http://127.0.0.1:{port}/.*refused"):
         resolve("prenet.authors-rain100l")
 
 
