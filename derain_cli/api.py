@@ -13,8 +13,9 @@ from PIL import Image
 from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs, run_videos
 from derain_cli.engine.checkpoints import build_network
 from derain_cli.engine.inference import InferenceEngine
+from derain_cli.engine.tiling import check_tile
 from derain_cli.errors import UsageError
-from derain_cli.methods import DEFAULT_TILE, MethodSpec, get_method
+from derain_cli.methods import MethodSpec, get_method
 from derain_cli.onnx_runner import is_onnx_weights
 from derain_cli.video import is_video
 from derain_cli.weights.manifest import split_name
@@ -100,6 +101,7 @@ def load(
         return _load_onnx(method, weights, device, precision, tile, offline, log)
     method = method or DEFAULT_METHOD
     spec = get_method(split_name(method)[0])
+    check_tile(spec, tile)
     resolved = resolve(method, weights, offline)
     model = build_network(spec, resolved)
     engine = InferenceEngine(model, spec, device=device, precision=precision, tile=tile, log=log)
@@ -123,11 +125,12 @@ def _load_onnx(method, weights, device, precision, tile, offline, log) -> Restor
         raise UsageError(f"--precision {precision}: an ONNX model runs in float32 (fp32)")
     path = resolve(method or DEFAULT_METHOD, weights, offline).path  # a local file or an hf:// download
     network, spec = open_export(path, weights, method, device)
+    check_tile(spec, tile)
     meta = network.metadata
     providers = network.session.get_providers()
     resolved = ResolvedWeights(spec.name, f"{weights} ({meta.name} export)", path, f"onnxruntime {providers[0]}")
     # the engine keeps its tensors on the CPU in float32; onnxruntime picks its own device
-    engine = InferenceEngine(network, spec, device="cpu", precision="fp32", tile=fitting_tile(spec, meta, DEFAULT_TILE if tile is None else tile), log=log)
+    engine = InferenceEngine(network, spec, device="cpu", precision="fp32", tile=fitting_tile(spec, meta, spec.tile if tile is None else tile), log=log)
     return Restorer(spec, engine, resolved)
 
 

@@ -208,3 +208,33 @@ def test_non_finite_weights_are_refused_at_load_and_a_non_finite_output_fails_th
     record = json.loads(result.stdout.splitlines()[0])
     assert record["status"] == "failed" and "a.png" in record["error"] and "NaN or Inf" in record["error"]
     assert not src.with_name("a_derained.png").exists()
+
+
+def test_tile_below_the_methods_minimum_or_negative_is_refused_before_any_work(write_picture, lpnet_checkpoint):
+    from derain_cli.engine.tiling import smallest_tile
+    from derain_cli.methods import get_method
+
+    src = write_picture()
+    assert smallest_tile(get_method("lpnet")) == 209 and smallest_tile(get_method("msdn")) == 256
+    for tile in ("7", "-1", "208"):
+        result = derain("remove", src, "-w", lpnet_checkpoint, "--tile", tile)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            f"error: --tile {tile}: lpnet needs tiles of at least 209 px (twice its 96 px overlap), "
+            "or 0 for whole pictures; its default is 2048"
+        )
+    assert not src.with_name("rain_derained.png").exists()
+    result = derain("remove", src, "-m", "msdn", "--tile", "7")
+    assert result.exit_code == 2 and "msdn needs tiles of at least 256 px" in result.output
+    for tile in ("0", "209"):
+        assert derain("remove", src, "-w", lpnet_checkpoint, "--tile", tile, "--overwrite").exit_code == 0
+
+
+def test_tile_help_names_each_methods_default_as_the_docs_do():
+    from pathlib import Path
+
+    from derain_cli.cli.remove import _default_tiles
+
+    assert _default_tiles() == "lpnet 2048, prenet 1024, others 512"
+    usage = (Path(__file__).parents[1] / "docs/usage.md").read_text()
+    assert "2048 for `lpnet`, 1024 for `prenet`, 512 for the\n  others" in usage

@@ -113,10 +113,10 @@ def test_cli_export_then_remove_with_the_onnx_file_equals_pytorch(tmp_path, onnx
     assert "lpnet.rain100l" in result.output and model.is_file()
     assert [p.name for p in model.parent.iterdir()] == ["lpnet.onnx"]  # no temporary left behind
     picture = tmp_path / "rain.png"
-    Image.fromarray(rainy_picture(140, 150, seed=2)).save(picture)
-    for tile in ("128", "0"):  # tiled (the picture is larger than a tile) and whole
+    Image.fromarray(rainy_picture(240, 260, seed=2)).save(picture)
+    for tile in ("209", "0"):  # tiled (the picture is larger than a tile) and whole
         by_torch, by_onnx = tmp_path / f"torch{tile}.png", tmp_path / f"onnx{tile}.png"
-        assert derain("remove", picture, "-m", "lpnet", "-o", by_torch, "--tile", tile, "--device", "cpu").exit_code == 0
+        assert derain("remove", picture, "-m", "lpnet", "-o", by_torch, "--tile", tile, "--device", "cpu", "--precision", "fp32").exit_code == 0
         result = derain("remove", picture, "-w", model, "-o", by_onnx, "--tile", tile)
         assert result.exit_code == 0, result.output
         difference = np.abs(np.asarray(Image.open(by_torch), np.int16) - np.asarray(Image.open(by_onnx), np.int16))
@@ -137,6 +137,15 @@ def test_remove_with_an_onnx_mask_method(tmp_path, onnx_exports, checkpoints, wr
     assert mismatch.exit_code == 2 and "jorder" in mismatch.output
 
 
+def test_onnx_default_tile_is_the_methods_own(tmp_path, checkpoints, onnx_runtime):
+    from derain_cli.api import load
+
+    exported = export_model("lpnet", tmp_path / "lpnet.onnx", weights=str(checkpoints["lpnet"]))
+    restorer = load(weights=str(exported.path), device="cpu")
+    assert restorer.engine.tile == restorer.spec.tile == 2048  # was 512, where PyTorch lpnet runs 2048
+    assert load(weights=str(exported.path), device="cpu", tile=0).engine.tile == 0
+
+
 def test_onnx_batches_through_the_engine_like_single_pictures(onnx_exports, onnx_runtime):
     from derain_cli.api import load
 
@@ -154,13 +163,13 @@ def test_onnx_batches_through_the_engine_like_single_pictures(onnx_exports, onnx
 
 def test_fixed_size_export_runs_as_tiles_of_its_size(tmp_path, checkpoints, write_picture, onnx_runtime):
     model = tmp_path / "fixed.onnx"
-    result = derain("export", "lpnet", "-w", checkpoints["lpnet"], "-o", model, "--height", "129", "--width", "129")
+    result = derain("export", "lpnet", "-w", checkpoints["lpnet"], "-o", model, "--height", "209", "--width", "209")
     assert result.exit_code == 0, result.output
     session = onnx_runtime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    assert session.get_inputs()[0].shape[2:] == [129, 129]
-    picture = write_picture("big.png", rainy_picture(140, 140))
+    assert session.get_inputs()[0].shape[2:] == [209, 209]
+    picture = write_picture("big.png", rainy_picture(321, 321))  # two 209 px tiles exactly
     assert derain("remove", picture, "-w", model, "-o", tmp_path / "onnx.png").exit_code == 0
-    assert derain("remove", picture, "-w", checkpoints["lpnet"], "--tile", "129", "-o", tmp_path / "torch.png").exit_code == 0
+    assert derain("remove", picture, "-w", checkpoints["lpnet"], "--tile", "209", "--precision", "fp32", "-o", tmp_path / "torch.png").exit_code == 0
     a, b = (np.asarray(Image.open(tmp_path / f"{n}.png"), np.int16) for n in ("onnx", "torch"))
     assert np.abs(a - b).max() <= 1
     bad = derain("export", "lpnet", "-w", checkpoints["lpnet"], "-o", tmp_path / "bad.onnx", "--height", "100", "--width", "129")

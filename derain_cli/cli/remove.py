@@ -14,6 +14,14 @@ from derain_cli.cli.common import console, error_line, exit_codes, say
 from derain_cli.errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 
+def _default_tiles() -> str:
+    """The methods' default tiles for --tile's help, from the registry: 'lpnet 2048, ..., others 512'."""
+    from derain_cli.methods import DEFAULT_TILE, list_methods
+
+    own = [f"{spec.name} {spec.tile}" for spec in list_methods() if spec.tile != DEFAULT_TILE]
+    return ", ".join([*own, f"others {DEFAULT_TILE}"])
+
+
 def remove(
     inputs: Annotated[list[str], typer.Argument(help="Image or video files, folders or glob patterns.", show_default=False)],
     output: Annotated[
@@ -40,7 +48,7 @@ def remove(
     ] = False,
     device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA where safe, else fp32), fp32, fp16 or bf16.")] = "auto",
-    tile: Annotated[int | None, typer.Option(help="Tile size in pixels for large images; 0 = whole image at once. Default: the method's own (lpnet 2048, others 512).")] = None,
+    tile: Annotated[int | None, typer.Option(metavar="PIXELS", help=f"Tile size for large images; 0 = whole image at once. Default: the method's own ({_default_tiles()}); at least twice its overlap.", show_default=False)] = None,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality (100 = lossless WebP).")] = 95,
     max_pixels: Annotated[int, typer.Option(help="Refuse larger images (decompression-bomb guard).")] = 250_000_000,
     shard: Annotated[
@@ -72,6 +80,7 @@ def remove(
 def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, save_mask, device,
             precision, tile, quality, max_pixels, shard, jobs, codec, crf, temporal, offline, json_lines, quiet) -> int:
     from derain_cli.api import load, method_spec
+    from derain_cli.engine.tiling import check_tile
     from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs, run_videos
     from derain_cli.video import VideoOptions, check_codec, frame_count, is_video
 
@@ -79,6 +88,7 @@ def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, 
         raise UsageError("--overwrite and --skip-existing exclude each other")
     extras = ("mask",) if save_mask else ()
     spec = method_spec(method, weights)  # an unknown name is its own error, before any weights load
+    check_tile(spec, tile)
     try:
         spec.require_outputs(extras)
     except UsageError as err:

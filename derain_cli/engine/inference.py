@@ -27,7 +27,8 @@ from derain_cli.engine.tiling import (
     quantize_into,
     ramp,
     read_padded,
-    round_up,
+    smallest_tile,
+    tile_overlap,
     tile_starts,
 )
 from derain_cli.errors import ImageError
@@ -72,8 +73,7 @@ class InferenceEngine:
         self.log = log or (lambda message: None)
         if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not cpu_has_native_bf16():
             self.log(f"--precision bf16: {BF16_EMULATED_COST}")
-        # tile - overlap must be a multiple of size_multiple, and tiles are sized k*m + offset
-        self.overlap = round_up(spec.overlap, spec.size_multiple) + spec.size_offset
+        self.overlap = tile_overlap(spec)
         self.model = model.eval()
         self._place_model()
 
@@ -108,7 +108,7 @@ class InferenceEngine:
 
     def _recover_from_oom(self, shape: tuple[int, ...]) -> None:
         release_cached_memory(self.device)
-        smallest = self._aligned(2 * self.overlap)
+        smallest = smallest_tile(self.spec)
         current = self.tile or self._aligned(max(shape[:2]))
         if current > smallest and self.spec.tileable:
             self.tile = max(smallest, self._aligned(current // 2))

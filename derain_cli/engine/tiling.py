@@ -21,6 +21,33 @@ def aligned_size(value: int, multiple: int, offset: int = 0) -> int:
     return round_up(max(value - offset, 0), multiple) + offset
 
 
+def tile_overlap(spec) -> int:
+    """The overlap tiles of ``spec`` (a MethodSpec) get: its own, aligned so that ``tile -
+    overlap`` is a multiple of its size_multiple (tiles are sized k * m + offset)."""
+    return round_up(spec.overlap, spec.size_multiple) + spec.size_offset
+
+
+def smallest_tile(spec) -> int:
+    """The smallest useful tile of ``spec``: twice its overlap, aligned (smaller tiles would
+    mostly recompute their neighbours' context; out-of-memory retries stop here too)."""
+    return aligned_size(2 * tile_overlap(spec), spec.size_multiple, spec.size_offset)
+
+
+def check_tile(spec, tile: int | None) -> None:
+    """UsageError unless ``tile`` is None (the method's default), 0 (whole pictures) or at
+    least ``smallest_tile(spec)``; any size goes for a method that is never tiled."""
+    from derain_cli.errors import UsageError
+
+    if tile is None or tile == 0 or (tile > 0 and not spec.tileable):
+        return
+    smallest = smallest_tile(spec)
+    if tile < smallest:
+        raise UsageError(
+            f"--tile {tile}: {spec.name} needs tiles of at least {smallest} px (twice its {spec.overlap} px overlap), "
+            f"or 0 for whole pictures; its default is {spec.tile}"
+        )
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Origins of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap``.
 
