@@ -220,7 +220,7 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
         and not out.is_dir()
     )
     input_keys = {source.resolve() for source, _ in inputs}
-    jobs, failures, claimed = [], [], set()
+    jobs, failures, claimed, folders = [], [], set(), {}
     for source, rel in inputs:
         ext = _output_ext(options.ext, source)
         if single_file:
@@ -243,12 +243,26 @@ def plan_jobs(inputs: list[tuple[Path, Path]], options: OutputOptions) -> tuple[
                 reason = f"output {path} is already the output of another input"
             if reason:
                 break
+        if not reason and not (options.skip_existing and target.exists()):
+            reason = _unwritable(target, folders)
         if reason:
             failures.append(FileResult(str(source), str(target), "failed", reason))
             continue
         claimed.update(path.resolve() for path in job.outputs)
         jobs.append(job)
     return jobs, failures
+
+
+def _unwritable(target: Path, folders: dict[Path, Path | None]) -> str | None:
+    """Why ``target`` cannot be written (its folder, or the existing one it would be made in,
+    refuses writes), checked once per folder before any picture runs; None when it can."""
+    folder = target.parent
+    if folder not in folders:
+        existing = next((f for f in (folder, *folder.parents) if f.exists()), folder)
+        writable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+        folders[folder] = None if writable else existing
+    blocked = folders[folder]
+    return None if blocked is None else f"output {target}: cannot write in {blocked} (not a writable folder)"
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,18 @@ def remove_stale_temporaries(path: str | os.PathLike) -> None:
         Path(path.parent, name).unlink(missing_ok=True)
 
 
+def temporary_beside(path: Path, suffix: str) -> Path:
+    """A new hidden temporary file in ``path``'s folder (made if needed), for an atomic write;
+    ImageError naming the folder, not the temporary, when it cannot be made there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".derain-tmp{suffix}", dir=path.parent)
+    except OSError as err:
+        raise _fail(path, f"cannot write in {path.parent} ({err.strerror or type(err).__name__})") from None
+    os.close(fd)
+    return Path(name)
+
+
 def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) -> None:
     """Write atomically; the format follows the extension. Raises ImageError."""
     path = Path(path)
@@ -257,10 +269,7 @@ def write_image(picture: Picture, path: str | os.PathLike, quality: int = 95) ->
             pixels=(picture.pixels // 257).astype(np.uint8),
             alpha=None if picture.alpha is None else (picture.alpha // 257).astype(np.uint8),
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".derain-tmp{ext}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_beside(path, ext)
     try:
         if picture.pixels.dtype == np.uint16:
             _write_sixteen_bit(picture, tmp, ext)

@@ -12,7 +12,6 @@ over it once complete, so an interrupted run leaves no half-written video.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from derain_cli.errors import ImageError, UsageError
-from derain_cli.io import current_umask
+from derain_cli.io import current_umask, temporary_beside
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 QUALITY_CODECS = {"libx264": "crf", "libx265": "crf", "libvpx-vp9": "crf", "libsvtav1": "crf"}
@@ -164,10 +163,7 @@ def derain_video(
     with container:
         if not container.streams.video:
             raise ImageError(f"{source}: no video stream")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".derain-tmp{target.suffix.lower()}", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = temporary_beside(target, target.suffix.lower())
         try:
             summary = _transcode(av, container, source, tmp, derain_frames, options, on_frames or (lambda n: None))
             os.chmod(tmp, 0o666 & ~current_umask())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -238,3 +239,46 @@ def test_tile_help_names_each_methods_default_as_the_docs_do():
     assert _default_tiles() == "lpnet 2048, prenet 1024, others 512"
     usage = (Path(__file__).parents[1] / "docs/usage.md").read_text()
     assert "2048 for `lpnet`, 1024 for `prenet`, 512 for the\n  others" in usage
+
+
+def test_read_only_output_folder_is_found_before_any_picture_runs(tmp_path, write_picture, lpnet_checkpoint, monkeypatch):
+    import os
+
+    import derain_cli.batch as batch
+    import derain_cli.io as io
+
+    write_picture("in/a.png")
+    write_picture("in/b.png")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = os.access
+    # root writes anywhere whatever the mode: make the folder read-only for root too
+    monkeypatch.setattr(batch.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    ran = []
+    monkeypatch.setattr(batch, "read_image", lambda *a: ran.append(a) or io.read_image(*a))
+    result = derain("remove", tmp_path / "in", "-o", locked / "sub", "-w", lpnet_checkpoint, "--json")
+    locked.chmod(0o755)
+    assert result.exit_code == 1, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["failed", "failed"] and not ran  # the network never ran
+    assert records[0]["error"] == f"output {locked / 'sub/a.png'}: cannot write in {locked} (not a writable folder)"
+    assert "derain-tmp" not in result.output
+
+
+def test_a_write_that_cannot_make_its_temporary_names_the_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    import pytest
+
+    from derain_cli.errors import ImageError
+    from derain_cli.io import Picture, write_image
+
+    def refused(**kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(kwargs["dir"]) / ".a.x1y2z3w4.derain-tmp.png"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(ImageError) as caught:
+        write_image(Picture(np.zeros((4, 4, 3), np.uint8)), tmp_path / "a.png")
+    assert str(caught.value) == f"{tmp_path / 'a.png'}: cannot write in {tmp_path} (Permission denied)"
+
