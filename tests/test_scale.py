@@ -270,3 +270,61 @@ def test_fault_campaign_writes_every_good_file_names_every_bad_one_and_survives_
         assert sum(name in line for line in done.stderr.splitlines()) == 1  # one line per bad file
     assert {p.name for p in out.iterdir()} == {Path(g).stem + Path(g).suffix for g in goods}
     assert sum(r["reason"] == "exists" for r in records) == len(finished)
+
+
+# --- fault campaign, part two: what a new user tried (issue 24), each in a real process -----
+
+
+def derain_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "derain_cli", *map(str, args)], capture_output=True, text=True)
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fault_campaign_synth_into_a_pair_folder_and_a_rerun_beside_the_inputs(tmp_path, lpnet_checkpoint):
+    pairs = tmp_path / "X"
+    for k in range(3):
+        save(pairs / "rain" / f"p{k}.png", seed=k)
+        save(pairs / "norain" / f"p{k}.png", seed=10 + k)
+    before = snapshot(pairs)
+    synth = derain_cli("synth", pairs / "norain", "-o", pairs)  # would have replaced the real rainy pictures
+    assert synth.returncode == 2 and "already holds pairs" in synth.stderr and snapshot(pairs) == before
+
+    common = ("-r", "-w", lpnet_checkpoint, "--device", "cpu", "--json", "-q")
+    first = derain_cli("remove", pairs, *common)
+    assert first.returncode == 0, first.stderr
+    written = snapshot(pairs)
+    assert len(written) == 12
+    again = derain_cli("remove", pairs, "--skip-existing", *common)  # the resume pattern scripts rely on
+    assert again.returncode == 0, again.stderr
+    reasons = sorted(r["reason"] for r in json_lines(again.stdout))
+    assert reasons == ["derain output"] * 6 + ["exists"] * 6 and snapshot(pairs) == written
+
+
+def test_fault_campaign_nan_weights_and_an_odd_sized_video(tmp_path, lpnet_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    picture = save(tmp_path / "in" / "a.png")
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in load_file(str(lpnet_checkpoint)).items()}
+    nan = tmp_path / "nan.safetensors"
+    save_file(state, str(nan))
+    refused = derain_cli("remove", picture, "-w", nan, "--device", "cpu")
+    assert refused.returncode == 3 and str(nan) in refused.stderr and "NaN or Inf" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "in/a_derained.png").exists()
+
+    av = pytest.importorskip("av", reason="video needs PyAV")
+    clip = tmp_path / "odd.mkv"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 45, 33, "yuv444p"
+        for k in range(2):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rainy_picture(33, 45, seed=k), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    done = derain_cli("remove", clip, "-o", tmp_path / "clean.mp4", "-w", lpnet_checkpoint, "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    with av.open(str(tmp_path / "clean.mp4")) as container:
+        assert [f.to_ndarray(format="rgb24").shape for f in container.decode(video=0)] == [(34, 46, 3)] * 2
