@@ -282,3 +282,15 @@ def test_a_write_that_cannot_make_its_temporary_names_the_folder(tmp_path, monke
         write_image(Picture(np.zeros((4, 4, 3), np.uint8)), tmp_path / "a.png")
     assert str(caught.value) == f"{tmp_path / 'a.png'}: cannot write in {tmp_path} (Permission denied)"
 
+
+
+def test_help_shows_readable_metavars_not_type_placeholders():
+    for command in (["remove"], ["synth"], ["benchmark"], ["train"], ["finetune-real"], ["export"], ["models", "remove"]):
+        result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        for placeholder in ("<bool>", "<list[", "<str>", "<path>", "{"):
+            assert placeholder not in result.output, (command, placeholder)
+    usage = derain("remove", "--help").output
+    assert "[OPTIONS] INPUTS..." in usage and "PATH" in usage and "PIXELS" in usage
+    missing = derain("synth", "-o", "x")
+    assert missing.exit_code == 2 and "Missing argument 'CLEAN...'" in missing.output

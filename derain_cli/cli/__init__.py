@@ -11,9 +11,11 @@ import typer
 
 from derain_cli import __version__
 from derain_cli.cli import benchmark, export, finetune_real, models, remove, synth, train
+from derain_cli.cli.help import ReadableGroup
 
 app = typer.Typer(
     name="derain",
+    cls=ReadableGroup,  # TEXT, PATH, INPUTS... rather than <str>, <bool>, {inputs}...
     help="Remove rain streaks from photographs with pretrained deep networks.",
     no_args_is_help=True,
     add_completion=False,
