@@ -40,6 +40,10 @@ def train(
     vgg: Annotated[Path | None, typer.Option(help="Unpaired training: VGG19 ImageNet state dict (torchvision's or timm's keys) for the semantic loss, instead of the manifest's vgg19.imagenet.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download (VGG19 for the semantic loss, --init weights).")] = False,
     split_unpaired: Annotated[bool, typer.Option("--split-unpaired", help="Unpaired training on paired DATA, as unsupervised papers evaluate: the rainy pictures of half the pairs against the clean pictures of the other half (validation held out as usual).")] = False,
+    teacher: Annotated[str | None, typer.Option(help="Distillation: a model (METHOD.TAG, e.g. spanet.spa, trained on real rain) whose outputs on --photos the method learns; DATA, if given, adds labelled pairs.")] = None,
+    photos: Annotated[Path | None, typer.Option(help="Distillation: folder of unlabeled rainy photos for the --teacher to derain.")] = None,
+    pairs_share: Annotated[float, typer.Option(help="Distillation with DATA: the share of each batch cut from DATA's labelled pairs.")] = 0.25,
+    max_side: Annotated[int, typer.Option(help="Distillation: photos longer than this are downscaled (area) before the teacher sees them.", min=64)] = 2048,
 ) -> None:
     """Train a method on paired data (or lir on unpaired --rainy/--clean photos); writes last.pth
     (resumable), best/final.safetensors and a ready weights.toml entry, and saves the result as
@@ -50,7 +54,7 @@ def train(
 
 def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
            val_every, checkpoint_every, resume, tag, init, seed, device, precision, compile, minutes, quiet,
-           rainy, clean, semantic, vgg, offline, split_unpaired) -> None:
+           rainy, clean, semantic, vgg, offline, split_unpaired, teacher, photos, pairs_share, max_side) -> None:
     import os
     import time
 
@@ -65,26 +69,31 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
 
     spec = get_method(method)
     recipe = spec.recipe
-    mode = _check_data(spec, data, rainy, clean, split_unpaired)
-    unpaired = mode != "paired"
+    mode = _check_data(spec, data, rainy, clean, split_unpaired, teacher, photos)
+    unpaired = mode in ("folders", "split")
     if vgg is not None and not unpaired:
         raise UsageError("--vgg is for unpaired training (--rainy/--clean or --split-unpaired)")
     if mode == "folders":
         train_pairs, val_pairs = [], find_pairs(val) if val else []
-        photos = (find_photos(rainy), find_photos(clean))
+        unpaired_photos = (find_photos(rainy), find_photos(clean))
         described = f"rainy {rainy}, clean {clean} (unpaired)"
+    elif mode == "distill" and data is None:
+        train_pairs, val_pairs = [], find_pairs(val) if val else []
+        described = f"{photos}, taught by {teacher}"
     else:
         pairs = find_pairs(data)
         train_pairs, val_pairs = (pairs, find_pairs(val)) if val else split_pairs(pairs, val_split)
-        photos = unpaired_halves(train_pairs)
-        described = (f"{data}, --split-unpaired: rainy pictures of {len(photos[0])} pairs, clean pictures of "
-                     f"{len(photos[1])} others (unpaired)" if unpaired else str(data))
+        unpaired_photos = unpaired_halves(train_pairs)
+        described = (f"{data}, --split-unpaired: rainy pictures of {len(unpaired_photos[0])} pairs, clean pictures of "
+                     f"{len(unpaired_photos[1])} others (unpaired)" if unpaired else str(data))
+        if mode == "distill":
+            described = f"{photos}, taught by {teacher}, with the labelled pairs of {data}"
     config = TrainConfig(
         method=spec.name, data=described, out=str(out),
         iterations=iterations or recipe.iterations,
         batch_size=batch_size or recipe.batch_size, patch_size=patch_size or recipe.patch_size,
         lr=lr or recipe.lr, weight_decay=recipe.weight_decay if weight_decay is None else weight_decay,
-        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val or mode == "folders" else val_split,
+        schedule=schedule, val=str(val) if val else None, val_split=0.0 if val or not train_pairs else val_split,
         val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, device=device, tag=tag, init=init,
         precision=precision, compile=compile, sampler="device",
     )
@@ -96,8 +105,16 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     if unpaired:
-        objective = _unpaired_objective(spec, *photos, config, semantic, vgg, log)
+        objective = _unpaired_objective(spec, *unpaired_photos, config, semantic, vgg, log)
         what = f"{len(objective.rainy)} rainy + {len(objective.clean)} clean unpaired photos"
+    elif mode == "distill":
+        from derain_cli.distill import distill_objective
+
+        objective = distill_objective(
+            teacher, photos, train_pairs, batch_size=config.batch_size, patch_size=config.patch_size,
+            pairs_share=pairs_share, max_side=max_side, seed=config.seed, out=out, device=device, log=log)
+        config.extra.update({"command": "derain train --teacher", **objective.describe()})
+        what = f"{len(objective.taught)} photos taught by {teacher}" + (f" + {len(train_pairs)} pairs" if train_pairs else "")
     else:
         objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed,
                                                    sampler=config.sampler)
@@ -158,10 +175,18 @@ def _install(name: str, out: Path, summary: dict, log) -> None:
     log(f"saved as your model {name}{replaced} ({folder}); use it with -m {name}")
 
 
-def _check_data(spec, data, rainy, clean, split_unpaired) -> str:
-    """"paired", "folders" (--rainy/--clean) or "split" (--split-unpaired); a clear error for a
-    mix that cannot work."""
+def _check_data(spec, data, rainy, clean, split_unpaired, teacher, photos) -> str:
+    """"paired", "folders" (--rainy/--clean), "split" (--split-unpaired) or "distill"
+    (--teacher/--photos, DATA optional); a clear error for a mix that cannot work."""
     from derain_cli.errors import UsageError
+
+    if teacher is not None or photos is not None:
+        if teacher is None or photos is None:
+            raise UsageError("distillation needs both --teacher METHOD.TAG and --photos DIR")
+        if spec.training != "paired" or rainy is not None or clean is not None or split_unpaired:
+            raise UsageError(f"distillation trains a paired method on the teacher's outputs; {spec.name} with "
+                             "--rainy/--clean/--split-unpaired cannot be distilled")
+        return "distill"
 
     unpaired_methods = "lir, lir-small"
     if (rainy is not None or clean is not None or split_unpaired) and spec.training != "unpaired":

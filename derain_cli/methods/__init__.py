@@ -217,6 +217,25 @@ METHODS: tuple[MethodSpec, ...] = (
             source="Qiu et al. 2022: Adam, learning rate 5e-4, batch 16, 64x64 patches (iterations not stated; derain's choice)",
         ),
     ),
+    MethodSpec(
+        name="spanet",
+        network="derain_cli.methods.spanet:SPANet",
+        summary="Spatial attentive network trained on REAL rain (SPA-Data; 283,716 parameters): IRNN attention along whole rows and columns",
+        paper="Wang et al., Spatial Attentive Single-Image Deraining with a High Quality Real Rain Dataset, CVPR 2019",
+        size_multiple=1,
+        size_offset=0,
+        overlap=0,
+        half_safe=False,
+        default_tag="spa",
+        tileable=False,  # its scans cross whole rows and columns: tiles differ by up to 200 levels (methods.md)
+        outputs=("image", "mask"),
+        feature_stage="conv_in.0",
+        recipe=TrainingRecipe(
+            lr=5e-3, batch_size=16, patch_size=256, iterations=40_000,
+            source="Wang et al. 2019 (the authors' main.py): Adam 5e-3 (x0.1 at 30k), batch 16, 256 px random resized "
+            "crops, 40k iterations, L1 + (1 - SSIM) + MSE of the attention mask against the rain mask",
+        ),
+    ),
     _LIR,
     replace(_LIR, name="lir-small", network="derain_cli.methods.lir:LIRSmall", overlap=152, cpu_size=None,
             summary="LIR at CPU size (12 wide, 2 residual blocks): unpaired training on a CPU"),
