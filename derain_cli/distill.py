@@ -72,6 +72,7 @@ class DistillObjective(Objective):
     against the clean side of labelled pairs; the batch is the two concatenated."""
 
     name = "distill"
+    pick_best = False  # the last weights: validation pairs only watch that labelled rain is kept
 
     def __init__(self, taught: PatchSampler, teacher: Teacher, labelled: PatchSampler | None = None) -> None:
         self.taught, self.labelled, self.teacher = taught, labelled, teacher
