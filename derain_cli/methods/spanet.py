@@ -23,7 +23,7 @@ from torch import nn
 
 from derain_cli.engine.fused import conv_act
 from derain_cli.losses import ssim_loss
-from derain_cli.methods.irnn import AXES, DIRECTIONS, irnn_scan, scan_axis
+from derain_cli.methods.irnn import DIRECTIONS, irnn_scan, scan
 
 CHANNELS = 32
 BLOCKS = 17
@@ -84,16 +84,13 @@ class SpatialIRNN(nn.Module):
 
     def scanned_conv(self, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
         """``conv(self(x))`` for a bias-free 3x3 ``conv`` without the four-map concatenation:
-        each axis's two scans meet their slices of the weight and are freed before the next
-        axis, so whole pictures (which SPANet needs: its scans cannot be tiled) keep few
-        32-channel maps alive."""
-        params, channels = self.params(), x.shape[1]
-        total = None
-        for axis, forward, backward in AXES:
-            for direction, scan in zip((forward, backward), scan_axis(x, axis, params[forward], params[backward])):
-                k = DIRECTIONS.index(direction) * channels
-                y = F.conv2d(scan, conv.weight[:, k : k + channels], padding=1)
-                total = y if total is None else total.add_(y)
+        each direction's scan meets its slice of the weight and is freed before the next, so
+        whole pictures (which SPANet needs: its scans cannot be tiled) keep few maps alive."""
+        channels, total = x.shape[1], None
+        for k, (direction, (weight, bias)) in enumerate(self.params().items()):
+            part = conv.weight[:, k * channels : (k + 1) * channels]
+            y = F.conv2d(scan(x, direction, weight, bias), part, padding=1)
+            total = y if total is None else total.add_(y)
         return total
 
 
@@ -153,13 +150,19 @@ class SPANet(nn.Module):
 
     def raw(self, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(first attention mask, unclipped RGB image) as the authors' ``forward`` computes them."""
-        x = conv_act(self.conv_in[0], rgb.flip(1), "relu")  # the authors' network reads BGR
+        bgr = rgb.flip(1)  # the authors' network reads BGR
+        if not torch.is_grad_enabled():  # whole pixels per slice for the scans; oneDNN's own layout
+            bgr = bgr.contiguous(memory_format=torch.channels_last)
+        x = conv_act(self.conv_in[0], bgr, "relu")
         masks = []
         for i in range(1, BLOCKS + 1):
             if i in SAM_BEFORE:
                 masks.append(self.SAM1(x))
             y = getattr(self, f"res_block{i}")(x)
-            x = F.relu(y * masks[-1] + x if i in GATED else y + x)
+            if torch.is_grad_enabled():
+                x = F.relu(y * masks[-1] + x if i in GATED else y + x)
+            else:  # in place: one pass over the map instead of three
+                x = (x.addcmul_(y, masks[-1]) if i in GATED else x.add_(y)).relu_()
         return masks[0], self.conv_out(x).flip(1)
 
     def forward(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
