@@ -1,6 +1,6 @@
 """`derain remove` on one large picture against this machine's convolution speed.
 
-Usage: python benchmarks/remove_speed.py [--method lpnet] [--size 4000x3000] [--repeat 2] [--tile 512]
+Usage: python benchmarks/remove_speed.py [--method lpnet [--method spanet ...]] [--size 4000x3000] [--repeat 2] [--tile 512]
 
 The bound: a method's network needs F FLOP per pixel (its convolutions, counted on a tile);
 a 3x3 convolution of the network's most common width, channels-last fp32,
@@ -8,8 +8,9 @@ runs at up to C FLOP/s on this machine (measured here: the best over map sizes o
 512 px, where the maps stay in the caches, best of several runs). No implementation that
 spends its time in such convolutions can beat C / F pixels per second. Printed for the whole
 process (a child `derain remove`: start-up, decode, derain, encode), for the engine alone on
-the decoded picture, and for the network on one tile. Record the output in
-docs/performance.md with this command and the CPU's name.
+the decoded picture, and for the network on one tile; several --method run one after the
+other in the same run (compare them there). Record the output in docs/performance.md with
+this command and the CPU's name.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def conv_flops_per_pixel(model: nn.Module, size: int) -> tuple[float, int]:
             widths[module.out_channels] = widths.get(module.out_channels, 0) + output.shape[-2] * output.shape[-1]
 
     hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.inference_mode(), plain_paths():  # fused ops bypass the hooks; blocks recount halos
+    # the training path calls every convolution as its module (inference fuses some, slices
+    # others' weights, and runs local parts in blocks that recount halos); same arithmetic
+    with torch.enable_grad(), plain_paths():
         model(torch.rand(1, 3, size, size))
     for hook in hooks:
         hook.remove()
@@ -86,50 +89,56 @@ def picture(path: Path, width: int, height: int) -> None:
     Image.fromarray(noisy).save(path, quality=92)
 
 
+def measure(method: str, source: Path, width: int, height: int, tile: int | None, repeat: int, tmp: str) -> None:
+    """Print one method's rows: whole process, engine, network on one tile, against its bound."""
+    megapixels = width * height / 1e6
+    spec = get_method(method)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    engine = InferenceEngine(model, spec, "cpu", precision="fp32", tile=tile)
+    tile = engine._aligned(engine.tile)
+    flops, conv_width = conv_flops_per_pixel(spec.build().eval(), tile)
+    print(f"{method}: {flops / 1e3:.1f} kFLOP per pixel, most common 3x3 width {conv_width}")
+    command = [sys.executable, "-m", "derain_cli", "remove", str(source), "-m", method, "--device", "cpu",
+               "--precision", "fp32", "--tile", str(engine.tile), "-q", "--overwrite", "-o", str(Path(tmp, "out.jpg"))]
+    if f"{spec.name}.{spec.default_tag}" not in available_entries():  # no shipped checkpoint: this run's random weights (speed does not depend on them)
+        export_safetensors(model.state_dict(), Path(tmp, "random.safetensors"))
+        command += ["--weights", str(Path(tmp, "random.safetensors"))]
+    rows = []
+    process_s, _ = best_of(repeat, lambda: subprocess.run(command, check=True))
+    rows.append(("whole process (start-up, decode, derain, encode)", process_s, megapixels))
+    image = np.asarray(Image.open(source).convert("RGB"))
+    engine.run(image[:300, :300])  # warm-up
+    engine_s, _ = best_of(repeat, lambda: engine.run(image))
+    rows.append(("engine on the decoded picture", engine_s, megapixels))
+    x = torch.rand(1, 3, tile, tile).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        engine.model(x)
+        tile_s, _ = best_of(3 * repeat, lambda: engine.model(x))
+    rows.append((f"network on one {tile}x{tile} {'tile' if spec.tileable else 'picture'}", tile_s, tile * tile / 1e6))
+    conv = max(conv_throughput(conv_width, size, 5) for size in CONV_SIZES)
+    bound = conv / flops / 1e6
+    print(f"{conv_width}-channel 3x3 conv: {conv / 1e9:.1f} GFLOP/s -> bound {bound:.3f} MP/s for {method}")
+    where = f"{engine.tile}px tiles" if spec.tileable else "whole picture (not tileable)"
+    print(f"picture {width}x{height} ({megapixels:.1f} MP), {where}, fp32")
+    for name, seconds, mp in rows:
+        print(f"  {name:52s} {seconds:7.2f} s  {mp / seconds:6.3f} MP/s  {mp / seconds / bound:5.2f} of the bound")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="lpnet")
+    parser.add_argument("--method", action="append", help="repeatable; default lpnet")
     parser.add_argument("--size", default="4000x3000")
     parser.add_argument("--tile", type=int, default=None, help="default: the method's own")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    megapixels = width * height / 1e6
-    spec = get_method(args.method)
-    torch.manual_seed(0)
-    model = spec.build().eval()
-    engine = InferenceEngine(model, spec, "cpu", precision="fp32", tile=args.tile)
-    tile = engine._aligned(engine.tile)
-    flops, conv_width = conv_flops_per_pixel(spec.build().eval(), tile)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"{args.method}: {flops / 1e3:.1f} kFLOP per pixel, most common 3x3 width {conv_width}")
-
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp, "big.jpg")
         picture(source, width, height)
-        command = [sys.executable, "-m", "derain_cli", "remove", str(source), "-m", args.method, "--device", "cpu",
-                   "--precision", "fp32", "--tile", str(engine.tile), "-q", "--overwrite", "-o", str(Path(tmp, "out.jpg"))]
-        if f"{spec.name}.{spec.default_tag}" not in available_entries():  # no shipped checkpoint: this run's random weights (speed does not depend on them)
-            export_safetensors(model.state_dict(), Path(tmp, "random.safetensors"))
-            command += ["--weights", str(Path(tmp, "random.safetensors"))]
-        rows = []
-        process_s, _ = best_of(args.repeat, lambda: subprocess.run(command, check=True))
-        rows.append(("whole process (start-up, decode, derain, encode)", process_s, megapixels))
-        image = np.asarray(Image.open(source).convert("RGB"))
-        engine.run(image[:300, :300])  # warm-up
-        engine_s, _ = best_of(args.repeat, lambda: engine.run(image))
-        rows.append(("engine on the decoded picture", engine_s, megapixels))
-        x = torch.rand(1, 3, tile, tile).to(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            engine.model(x)
-            tile_s, _ = best_of(3 * args.repeat, lambda: engine.model(x))
-        rows.append((f"network on one {tile}x{tile} tile", tile_s, tile * tile / 1e6))
-        conv = max(conv_throughput(conv_width, size, 5) for size in CONV_SIZES)
-    bound = conv / flops / 1e6
-    print(f"{conv_width}-channel 3x3 conv: {conv / 1e9:.1f} GFLOP/s -> bound {bound:.2f} MP/s for {args.method}")
-    print(f"picture {width}x{height} ({megapixels:.1f} MP), {engine.tile}px tiles, fp32")
-    for name, seconds, mp in rows:
-        print(f"  {name:52s} {seconds:7.2f} s  {mp / seconds:5.2f} MP/s  {mp / seconds / bound:5.2f} of the bound")
+        for method in args.method or ["lpnet"]:
+            measure(method, source, width, height, args.tile, args.repeat, tmp)
 
 
 if __name__ == "__main__":
