@@ -173,7 +173,8 @@ def _clear_run_keeping_pairs(out: Path) -> None:
 
 def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, on_trainer=None,
                   warn: Callable[[str], None] | None = None) -> dict:
-    """Adapt, install as the user's model, and return the summary (with ``name`` and ``installed``).
+    """Adapt, install as the user's model, and return the summary (with ``name``, ``installed``
+    and ``kept``: the name an earlier model of that name was renamed to, or None).
 
     ``log`` gets progress lines, ``warn`` (default: ``log``) the photos left out and why.
     ``on_trainer(trainer)`` (optional) returns the per-step callback (a progress bar, say).
@@ -181,7 +182,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     """
     from derain_cli.api import load
     from derain_cli.engine.training import TrainConfig, Trainer
-    from derain_cli.weights.user import check_installable, install, safe_tag
+    from derain_cli.weights.user import check_installable, install_keeping, safe_tag
 
     _check(request)
     recipe = ALGORITHMS[request.algorithm]
@@ -243,6 +244,6 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     steps, hours = summary["steps"], summary["wall_time_s"] / 3600
     trained = (f"derain finetune-real --algorithm {request.algorithm} from {start} on {len(photos)} photos of "
                f"{request.photos}: {steps} steps, {summary['hardware']}, {hours:.2f} h")
-    installed = install(name, Path(summary["checkpoint"]), summary["sha256"], trained,
-                        (out / "card.md").read_text(encoding="utf-8"))
-    return {**summary, "name": name, "installed": str(installed)}
+    installed, kept = install_keeping(name, Path(summary["checkpoint"]), summary["sha256"], trained,
+                                      (out / "card.md").read_text(encoding="utf-8"))
+    return {**summary, "name": name, "installed": str(installed), "kept": kept}

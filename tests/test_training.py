@@ -163,5 +163,166 @@ def test_init_starts_from_given_weights_and_refuses_other_methods(tmp_path):
     with pytest.raises(UsageError, match="not a lpnet checkpoint"):
         make_trainer(get_method("lpnet"), config(tmp_path, "r2", 2, init="jorder.rain100l"), pairs, [])
     wrong = make_checkpoint("ddn", tmp_path / "ddn.safetensors")
-    with pytest.raises(WeightsError, match="does not fit"):
+    with pytest.raises(WeightsError, match="these weights fit ddn, not lpnet"):
         make_trainer(get_method("lpnet"), config(tmp_path, "r3", 2, init=str(wrong)), pairs, [])
+
+
+# --- Ctrl-C / SIGTERM: a checkpoint of the step reached, exact resume (issue 24) ------------------
+
+def send(signum):
+    """An on_step callback sending ``signum`` to this process once, after the step it names."""
+    import signal
+
+    def on_step(step, record, at=[2]):
+        if step == at[0]:
+            os.kill(os.getpid(), signum)
+    return on_step
+
+
+def test_a_signal_writes_the_checkpoint_of_the_step_reached_and_resume_is_exact(tmp_path):
+    import signal
+
+    from derain_cli.errors import Interrupted
+
+    pairs = find_pairs(make_dataset(tmp_path / "data"))
+    train, val = split_pairs(pairs, 0.34)
+    spec = get_method("lpnet")
+    straight = make_trainer(spec, config(tmp_path, "straight", 5, checkpoint_every=1000), train, val)
+    straight.train()
+
+    stopped = make_trainer(spec, config(tmp_path, "stopped", 5, checkpoint_every=1000), train, val)
+    with pytest.raises(Interrupted) as caught:
+        stopped.train(on_step=send(signal.SIGINT))  # before the first periodic checkpoint
+    assert caught.value.exit_code == 130 and caught.value.step == 2
+    assert caught.value.checkpoint == tmp_path / "stopped/last.pth" and caught.value.checkpoint.is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    resumed = make_trainer(spec, config(tmp_path, "stopped", 5, checkpoint_every=1000), train, val)
+    resumed.resume()
+    assert resumed.step == 2
+    resumed.train()
+    for k, v in straight.net.state_dict().items():
+        assert torch.equal(v, resumed.net.state_dict()[k]), k
+
+
+def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path):
+    import signal
+
+    from derain_cli.errors import Interrupted
+
+    pairs = find_pairs(make_dataset(tmp_path / "data", 3))
+    trainer = make_trainer(get_method("lpnet"), config(tmp_path, "run", 5, checkpoint_every=1000), pairs, [])
+
+    def twice(step, record):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as caught:
+        trainer.train(on_step=twice)
+    assert caught.value.exit_code == 143 and caught.value.checkpoint is None
+    assert not (tmp_path / "run/last.pth").exists()
+
+
+def tiny_train_args(tmp_path, out="run", *more):
+    return ["train", str(tmp_path / "data"), "-o", str(tmp_path / out), "--iterations", "3", "--batch-size", "2",
+            "--patch-size", "16", "--val-every", "1", "--val-split", "0.34", "--device", "cpu", "--tag", "tiny", "-q",
+            *more]
+
+
+def test_train_cli_sigterm_before_the_first_checkpoint_exits_143_and_resumes_exactly(tmp_path, monkeypatch):
+    import signal
+
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    make_dataset(tmp_path / "data")
+    runner = CliRunner()
+    assert runner.invoke(app, tiny_train_args(tmp_path, "straight", "--tag", "straight")).exit_code == 0
+
+    original = Trainer.train
+    monkeypatch.setattr(Trainer, "train", lambda self, on_step=None, stop_at=None:
+                        original(self, on_step=send(signal.SIGTERM), stop_at=stop_at))
+    old_mask = os.umask(0o022)
+    try:
+        stopped = runner.invoke(app, tiny_train_args(tmp_path))
+    finally:
+        os.umask(old_mask)
+    last = tmp_path / "run/last.pth"
+    assert stopped.exit_code == 143, stopped.output
+    assert (f"terminated (SIGTERM) at step 2: checkpoint written to {last}; the same command with --resume "
+            "continues from it") in " ".join(stopped.output.split())
+    assert last.stat().st_mode & 0o777 == 0o644  # as the umask says, not mkstemp's 0600
+    monkeypatch.setattr(Trainer, "train", original)
+    resumed = runner.invoke(app, [*tiny_train_args(tmp_path), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    one, two = (load_file(str(tmp_path / d / "final.safetensors")) for d in ("straight", "run"))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_train_cli_signal_before_training_says_nothing_to_resume(tmp_path, monkeypatch):
+    import signal
+
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    make_dataset(tmp_path / "data", 3)
+    monkeypatch.setattr(Trainer, "__init__", lambda self, *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    result = CliRunner().invoke(app, tiny_train_args(tmp_path))
+    assert result.exit_code == 143
+    assert ("terminated (SIGTERM) before any checkpoint was written: nothing to resume; run the same command "
+            "again") in " ".join(result.output.split())
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--iterations", "-5", "Invalid value for '--iterations'"),
+    ("--iterations", "0", "Invalid value for '--iterations'"),
+    ("--batch-size", "0", "Invalid value for '--batch-size'"),
+    ("--patch-size", "-1", "Invalid value for '--patch-size'"),
+    ("--lr", "0", "Invalid value for '--lr': must be above 0, got 0"),
+    ("--lr", "-1e-3", "Invalid value for '--lr': must be above 0, got -0.001"),
+    ("--val-every", "0", "Invalid value for '--val-every'"),
+    ("--checkpoint-every", "0", "Invalid value for '--checkpoint-every'"),
+    ("--minutes", "0", "Invalid value for '--minutes': must be above 0"),
+    ("--weight-decay", "-1", "Invalid value for '--weight-decay'"),
+    ("--val-split", "-0.1", "Invalid value for '--val-split'"),
+])
+def test_train_refuses_nonsense_values_before_reading_anything(tmp_path, option, value, message):
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "nowhere"), option, value])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split()), result.output
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_second_run_with_the_same_tag_keeps_the_first_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from derain_cli.cli import app
+    from derain_cli.weights.user import models_dir, user_entries
+
+    make_dataset(tmp_path / "data")
+    runner = CliRunner()
+    old_mask = os.umask(0o022)
+    try:
+        first = runner.invoke(app, [*(a for a in tiny_train_args(tmp_path, "one") if a != "-q"), "--val-split", "0.15"])
+        second = runner.invoke(app, tiny_train_args(tmp_path, "two", "--seed", "1"))
+    finally:
+        os.umask(old_mask)
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert "1 pair for validation" in " ".join(first.output.split())
+    kept = [name for name in user_entries() if name.startswith("lpnet.tiny-")]
+    assert len(kept) == 1, list(user_entries())
+    assert (f"your earlier lpnet.tiny is kept as {kept[0]} (-m {kept[0]}; `derain models remove {kept[0]}` "
+            "deletes it)") in " ".join(second.output.split())
+    first_weights = load_file(str(tmp_path / "one/best.safetensors"))
+    aside = load_file(str(models_dir() / kept[0] / "weights.safetensors"))
+    assert all(torch.equal(first_weights[k], aside[k]) for k in first_weights)
+    folder = models_dir() / "lpnet.tiny"
+    assert folder.stat().st_mode & 0o777 == 0o755 and (folder / "weights.safetensors").stat().st_mode & 0o777 == 0o644

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from derain_cli.cli.common import console, exit_codes, say
+from derain_cli.cli.train import kept_line, positive
 
 
 def finetune_real(
@@ -18,16 +19,16 @@ def finetune_real(
     pairs: Annotated[Path | None, typer.Option(help="Labeled synthetic pairs (rain/ + norain/). Default: synthesised on the starting model's derained photos.")] = None,
     weights: Annotated[str | None, typer.Option("-w", "--weights", help="Start from this checkpoint file or hf:// URL instead of METHOD.TAG's.")] = None,
     iterations: Annotated[int, typer.Option(min=1, help="Training steps.")] = 2000,
-    batch_size: Annotated[int | None, typer.Option(help="Synthetic patches per step, as many real ones. Default: the algorithm's (sirr 20, moments 16).")] = None,
-    patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: 64.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the algorithm's (sirr 1e-3 with x0.1 steps, moments 5e-4).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Synthetic patches per step, as many real ones. Default: the algorithm's (sirr 20, moments 16).")] = None,
+    patch_size: Annotated[int | None, typer.Option(min=1, help="Square patch side in pixels. Default: 64.")] = None,
+    lr: Annotated[float | None, typer.Option(callback=lambda v: positive("--lr", v), help="Adam learning rate. Default: the algorithm's (sirr 1e-3 with x0.1 steps, moments 5e-4).")] = None,
     schedule: Annotated[str | None, typer.Option(help="constant, cosine or steps (x0.1 after 1/3 and 2/3). Default: the algorithm's.")] = None,
-    mixture_weight: Annotated[float | None, typer.Option(help="sirr: weight of the mixture NLL term (lambda2). Default: the authors' 0.5.")] = None,
+    mixture_weight: Annotated[float | None, typer.Option(min=0.0, help="sirr: weight of the mixture NLL term (lambda2). Default: the authors' 0.5.")] = None,
     raw_mixture_nll: Annotated[bool, typer.Option("--raw-mixture-nll", help="sirr: the authors' unscaled mixture term (collapses the network to the identity; see docs/adaptation.md).")] = False,
     val: Annotated[Path | None, typer.Option(help="Paired folder to validate on (keeps the best step); default: none, the last step is kept.")] = None,
-    val_every: Annotated[int, typer.Option(help="Validate and log every N steps.")] = 500,
-    checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N steps.")] = 100,
-    max_side: Annotated[int, typer.Option(help="Downscale photos whose longest side exceeds this (memory).")] = 1024,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate and log every N steps.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write the resumable checkpoint every N steps.")] = 100,
+    max_side: Annotated[int, typer.Option(min=1, help="Downscale photos whose longest side exceeds this (memory).")] = 1024,
     resume: Annotated[bool, typer.Option("--resume", help="Continue this METHOD.TAG's interrupted run.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard this METHOD.TAG's earlier run and start again.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for patch sampling and synthesised rain.")] = 0,
@@ -36,15 +37,28 @@ def finetune_real(
 ) -> None:
     """Adapt a method to the rain in your own photos (semi-supervised), saved as METHOD.TAG in
     your data directory ($DERAIN_DATA_DIR overrides); then `derain remove -m METHOD.TAG`.
-    Ctrl-C keeps the last checkpoint (exit 130); --resume continues."""
-    with exit_codes():
-        _finetune_real(**locals())
+    Ctrl-C (exit 130) or SIGTERM (exit 143) writes the checkpoint of the step reached;
+    --resume continues from it."""
+    from derain_cli.cli.train import interrupt_report, stop_signals
+
+    arguments = dict(locals())
+    with exit_codes(), stop_signals(), interrupt_report(lambda: _run_folder(method, tag, photos) / "last.pth"):
+        _finetune_real(**arguments)
+
+
+def _run_folder(method: str, tag: str | None, photos: Path) -> Path:
+    """The run folder finetune-real uses for these options (as derain_cli.finetune names it)."""
+    from derain_cli.finetune import run_folder
+    from derain_cli.weights.manifest import split_name
+    from derain_cli.weights.user import check_installable, safe_tag
+
+    return run_folder(check_installable(f"{split_name(method)[0]}.{safe_tag(tag or photos.resolve().name)}"))
 
 
 def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, raw_mixture_nll, val,
                    val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet) -> None:
     from derain_cli.cli.train import training_progress
-    from derain_cli.errors import EXIT_INTERRUPTED, UsageError
+    from derain_cli.errors import UsageError
     from derain_cli.finetune import FinetuneRequest, finetune_real as run
 
     if resume and restart:
@@ -61,17 +75,14 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
         bars.append(training_progress(trainer, iterations, not quiet and console.is_terminal, log, label=algorithm))
         return bars[0]
 
-    try:
+    try:  # Ctrl-C / SIGTERM: the Trainer writes the checkpoint of the step reached; the caller says where
         summary = run(request, log=log, on_trainer=progress,
                       warn=lambda message: say(f"warning: {message}", style="yellow"))
-    except KeyboardInterrupt:
+    finally:
         for bar in bars:
             bar.close()
-        say("interrupted: the last checkpoint written is kept; the same command with --resume continues from it",
-            style="yellow")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    for bar in bars:
-        bar.close()
     say(f"done: {summary['steps']} steps in {summary['wall_time_s'] / 60:.1f} min; saved as {summary['name']} "
         f"({summary['installed']})")
+    if summary.get("kept"):
+        say(kept_line(summary["name"], summary["kept"]))
     say(f"use it: derain remove PHOTOS -m {summary['name']}")

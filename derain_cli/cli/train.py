@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,15 +18,15 @@ def train(
     method: Annotated[str, typer.Option("-m", "--method", help="Method to train.")] = "lpnet",
     out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: checkpoints, log.jsonl, exported weights.")] = Path("runs/train"),
     val: Annotated[Path | None, typer.Option(help="Paired validation folder (default: hold out --val-split of the data).")] = None,
-    val_split: Annotated[float, typer.Option(help="Fraction of pairs held out for validation when --val is not given.")] = 0.05,
-    iterations: Annotated[int | None, typer.Option(help="Training iterations. Default: the paper's.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Patches per iteration (split over torchrun processes). Default: the paper's.")] = None,
-    patch_size: Annotated[int | None, typer.Option(help="Square patch side in pixels. Default: the paper's.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate. Default: the paper's.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Adam weight decay. Default: the paper's.")] = None,
+    val_split: Annotated[float, typer.Option(min=0.0, max=0.5, help="Fraction of pairs held out for validation when --val is not given (0 to 0.5).")] = 0.05,
+    iterations: Annotated[int | None, typer.Option(min=1, help="Training iterations. Default: the paper's.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per iteration (split over torchrun processes). Default: the paper's.")] = None,
+    patch_size: Annotated[int | None, typer.Option(min=1, help="Square patch side in pixels. Default: the paper's.")] = None,
+    lr: Annotated[float | None, typer.Option(callback=lambda v: positive("--lr", v), help="Adam learning rate. Default: the paper's.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(min=0.0, help="Adam weight decay. Default: the paper's.")] = None,
     schedule: Annotated[str, typer.Option(help="Learning-rate schedule: constant (the paper's), cosine (to zero), steps (x0.1 after 1/3 and 2/3 of the run) or multistep:F1,F2,...:FACTOR (x FACTOR at those fractions of the run, e.g. PReNet's multistep:0.3,0.5,0.8:0.2).")] = "constant",
-    val_every: Annotated[int, typer.Option(help="Validate (Y-PSNR/SSIM) and log every N iterations.")] = 1000,
-    checkpoint_every: Annotated[int, typer.Option(help="Write the resumable checkpoint every N iterations.")] = 1000,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate (Y-PSNR/SSIM) and log every N iterations.")] = 1000,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write the resumable checkpoint every N iterations.")] = 1000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     tag: Annotated[str, typer.Option(help="Name of the result: saved as your model METHOD.TAG (use it with -m METHOD.TAG; a shipped name is not saved), and the manifest entry's tag.")] = "custom",
     init: Annotated[str | None, typer.Option(help="Start from these weights (file, hf:// URL or method.tag, e.g. lpnet.rain100l) instead of random initialisation.")] = None,
@@ -32,7 +34,7 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps (torchrun processes take their local GPU).")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, and on CPUs with native bf16, for methods measured safe; else fp32), fp32, bf16 or fp16 (CUDA, loss-scaled).")] = "auto",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the training step (the first steps pay for compiling).")] = False,
-    minutes: Annotated[float | None, typer.Option(help="Stop (checkpoint written, --resume continues) after this many minutes.")] = None,
+    minutes: Annotated[float | None, typer.Option(callback=lambda v: positive("--minutes", v), help="Stop (checkpoint written, --resume continues) after this many minutes.")] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
     rainy: Annotated[Path | None, typer.Option(help="Unpaired training (lir, lir-small): folder of rainy photos.")] = None,
     clean: Annotated[Path | None, typer.Option(help="Unpaired training: folder of clean photos of similar scenes (no pairs needed).")] = None,
@@ -47,9 +49,74 @@ def train(
 ) -> None:
     """Train a method on paired data (or lir on unpaired --rainy/--clean photos); writes last.pth
     (resumable), best/final.safetensors and a ready weights.toml entry, and saves the result as
-    your model METHOD.TAG. Runs under `torchrun --nproc_per_node N -m derain_cli train ...` too."""
-    with exit_codes():
-        _train(**locals())
+    your model METHOD.TAG. Runs under `torchrun --nproc_per_node N -m derain_cli train ...` too.
+    Ctrl-C (exit 130) or SIGTERM (exit 143) writes the checkpoint of the step reached; --resume
+    continues from it."""
+    arguments = dict(locals())
+    import os
+
+    with exit_codes(), stop_signals(), interrupt_report(lambda: out / "last.pth", int(os.environ.get("RANK", "0")) == 0):
+        _train(**arguments)
+
+
+def positive(option: str, value: float | None) -> float | None:
+    """A typer callback: ``value`` if it is above 0 (or not given); else a usage error (exit 2)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be above 0, got {value:g}", param_hint=f"'{option}'")
+    return value
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """For a whole training command: SIGTERM stops it as Ctrl-C does (raising Interrupted,
+    not ending the process silently). While the Trainer trains, it handles both itself and
+    stops at a step boundary with a checkpoint."""
+    import signal
+    import threading
+
+    from derain_cli.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interrupt_report(last: Callable[[], Path | None], show: bool = True) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a training command: one line saying what stopped it, where the
+    checkpoint to continue from is (``last()``: the run's last.pth, None if unknown yet) and
+    that --resume continues; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    from derain_cli.errors import EXIT_INTERRUPTED, Interrupted
+
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        what = err.what if isinstance(err, Interrupted) else "interrupted (Ctrl-C)"
+        if isinstance(err, Interrupted) and err.checkpoint is not None:
+            line = (f"{what} at step {err.step}: checkpoint written to {err.checkpoint}; "
+                    "the same command with --resume continues from it")
+        else:
+            try:
+                path = last()
+            except Exception:  # noqa: BLE001 - an unusable name is reported by the command itself
+                path = None
+            if path is not None and path.is_file():
+                line = (f"{what}, stopped without a new checkpoint; the last one written, {path}, is kept: "
+                        "the same command with --resume continues from it")
+            else:
+                line = f"{what} before any checkpoint was written: nothing to resume; run the same command again"
+        if show:
+            say(line, style="yellow")
+        raise typer.Exit(getattr(err, "exit_code", EXIT_INTERRUPTED)) from None
 
 
 def _train(data, method, out, val, val_split, iterations, batch_size, patch_size, lr, weight_decay, schedule,
@@ -118,13 +185,13 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     else:
         objective = SupervisedObjective.from_pairs(train_pairs, config.patch_size, config.batch_size, config.seed,
                                                    sampler=config.sampler)
-        what = f"{len(train_pairs)} pairs"
+        what = _count(len(train_pairs), "pair")
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
     if spec.cpu_size and trainer.device.type == "cpu":
         log(f"warning: {spec.name} is the paper's size, meant for a GPU; {spec.cpu_size} is the CPU size")
     if resume:
         trainer.resume()
-    log(f"training {spec.name} on {what} ({len(val_pairs)} pairs for validation), "
+    log(f"training {spec.name} on {what} ({_count(len(val_pairs), 'pair')} for validation), "
         f"{trainer.world_size} process(es) on {trainer.device} ({trainer.precision}"
         f"{', compiled' if compile else ''}); run folder {out}")
     show_bar = rank0 and not quiet and console.is_terminal
@@ -148,6 +215,10 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
             log(f"{spec.name}.{tag} is a checkpoint shipped with derain: not saved among your models")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _installable(name: str) -> str | None:
     """METHOD.TAG under which the result joins the user's models; None for a shipped name
     (a run that reproduces a shipped checkpoint). A malformed tag is refused before training."""
@@ -163,16 +234,20 @@ def _install(name: str, out: Path, summary: dict, log) -> None:
     """Save the run's weights as the user's model ``name`` (``-m name`` then finds it)."""
     import tomllib
 
-    from derain_cli.weights.user import install
+    from derain_cli.weights.user import install_keeping
 
     entry = tomllib.loads((out / "weights_entry.toml").read_text())
     table = next(iter(next(iter(entry.values())).values()))
-    from derain_cli.weights.user import models_dir
+    folder, kept = install_keeping(name, Path(summary["checkpoint"]), summary["sha256"], table["trained"],
+                                   (out / "card.md").read_text())
+    log(f"saved as your model {name} ({folder}); use it with -m {name}")
+    if kept:  # said even with --quiet: a model of that name was there before
+        say(kept_line(name, kept))
 
-    replaced = " (replacing your earlier one)" if (models_dir() / name).exists() else ""
-    folder = install(name, Path(summary["checkpoint"]), summary["sha256"], table["trained"],
-                     (out / "card.md").read_text())
-    log(f"saved as your model {name}{replaced} ({folder}); use it with -m {name}")
+
+def kept_line(name: str, kept: str) -> str:
+    """The one line saying where the model a new one of the same name replaced is."""
+    return (f"your earlier {name} is kept as {kept} (-m {kept}; `derain models remove {kept}` deletes it)")
 
 
 def _check_data(spec, data, rainy, clean, split_unpaired, teacher, photos) -> str:

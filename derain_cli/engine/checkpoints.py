@@ -27,14 +27,19 @@ def build_network(spec, resolved) -> torch.nn.Module:
     refused when they do not fit it or are not finite."""
     from derain_cli.weights.loading import load_into, read_state_dict
 
-    return load_into(spec.build(), require_finite(read_state_dict(resolved.path), resolved.path), resolved.label)
+    return load_into(spec.build(), require_finite(read_state_dict(resolved.path), resolved.path), resolved.label,
+                     spec.name)
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder, then rename over ``path``; the file
+    gets the permissions the umask gives a new file (mkstemp's are 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    from derain_cli.io import current_umask
+
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)

@@ -17,8 +17,11 @@ import json
 import math
 import os
 import platform
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,7 @@ from derain_cli.engine.checkpoints import export_safetensors, load_training_stat
 from derain_cli.engine.device import pick_device
 from derain_cli.engine.inference import InferenceEngine
 from derain_cli.engine.objectives import Objective
-from derain_cli.errors import DerainError, UsageError
+from derain_cli.errors import DerainError, Interrupted, UsageError
 from derain_cli.methods import MethodSpec
 from derain_cli.metrics import score_uint8
 
@@ -171,6 +174,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _learning_rate(config, s) / config.lr)
         self.val_data = [load_pair(p) for p in val_pairs] if self.rank == 0 else []
         self.step, self.best, self.history = 0, None, []
+        self._signal: int | None = None  # SIGINT/SIGTERM received while training
         self.started = time.time()
         self.elapsed_before = 0.0
 
@@ -184,7 +188,7 @@ class Trainer:
             if not weights.startswith(self.spec.name + "."):
                 raise UsageError(f"--init {weights}: not a {self.spec.name} checkpoint name or file")
             resolved = resolve(weights)
-        load_into(self.net, read_state_dict(resolved.path), resolved.label)
+        load_into(self.net, read_state_dict(resolved.path), resolved.label, self.spec.name)
 
     def _init_device(self) -> torch.device:
         if self.world_size == 1:
@@ -300,32 +304,82 @@ class Trainer:
         self.scheduler.step()
         return {**losses, **adversary}
 
-    def _time_is_up(self, stop_at: float | None) -> bool:
-        if stop_at is None:
-            return False
+    # under torchrun the processes agree on stopping (time budget, a signal) every this many steps
+    SYNC_EVERY = 20
+
+    def _stop_reason(self, stop_at: float | None) -> int | str | None:
+        """Checked before each step: "time" once ``stop_at`` has passed, the number of a signal
+        received (SIGINT, SIGTERM), else None. Under torchrun the processes decide together
+        every SYNC_EVERY steps (one small all-reduce), so they all stop at the same step."""
+        time_up = stop_at is not None and time.time() >= stop_at
         if self.world_size == 1:
-            return time.time() >= stop_at
-        if self.step % 20:  # processes agree every 20 steps: no extra synchronisation per step
-            return False
+            return self._signal or ("time" if time_up else None)
+        if self.step % self.SYNC_EVERY:  # no extra synchronisation per step
+            return None
         import torch.distributed as dist
 
-        flag = torch.tensor([float(time.time() >= stop_at)], device=self.device)
-        dist.all_reduce(flag)  # every process stops at the same step
-        return bool(flag.item())
+        flags = torch.tensor([float(time_up), float(self._signal or 0)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return int(flags[1].item()) or ("time" if flags[0].item() else None)
+
+    @contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """While training, SIGINT and SIGTERM ask the loop to stop at the next step boundary
+        (where it writes the checkpoint); a second one in a single process stops at once,
+        without one. Under torchrun a repeated signal only repeats the request (torchrun's agent
+        follows a Ctrl-C with SIGTERM). Outside the main thread signals are left alone."""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._signal is not None and self.world_size == 1:
+                raise Interrupted(signum, step=self.step)
+            self._signal = self._signal or signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_for_signal(self, signum: int) -> None:
+        """Write the checkpoint of this step boundary (rank 0; the others wait for it) and raise
+        Interrupted, which says where it is."""
+        self.save()
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # no process exits (and has torchrun end the others) before rank 0 has written
+        raise Interrupted(signum, self.last_path if self.rank == 0 else None, self.step)
 
     def train(self, on_step: Callable[[int, dict], None] | None = None, stop_at: float | None = None) -> dict:
         """Train to ``config.iterations``, or until ``time.time()`` passes ``stop_at`` (checked
         before each step; the checkpoint is then written, so ``--resume`` continues). ``on_step``
-        gets each step's number and, at log points, the record (loss terms, validation), else {}."""
+        gets each step's number and, at log points, the record (loss terms, validation), else {}.
+
+        SIGINT (Ctrl-C) or SIGTERM stops the run at the next step boundary: the step under way
+        finishes, the checkpoint of that step is written (``--resume`` continues exactly) and
+        Interrupted is raised, naming it."""
+        with self._stop_signals():
+            self._loop(on_step, stop_at)
+        return self.finish()
+
+    def _loop(self, on_step: Callable[[int, dict], None] | None, stop_at: float | None) -> None:
         config = self.config
         self.net.train()
         running: dict[str, torch.Tensor] = {}
         counted = 0
         while self.step < config.iterations:
-            if self._time_is_up(stop_at):
+            reason = self._stop_reason(stop_at)
+            if reason == "time":
                 self.log(f"time budget reached at step {self.step}; checkpoint written")
                 self.save()
                 break
+            if reason is not None:
+                self._stop_for_signal(reason)
             losses = self.train_step()
             self.step += 1
             counted += 1
@@ -351,7 +405,6 @@ class Trainer:
                 self.save()
             if on_step is not None:
                 on_step(self.step, record or {})
-        return self.finish()
 
     def finish(self) -> dict:
         """Final weights (and best, if validated) as safetensors, plus a manifest entry."""

@@ -26,7 +26,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any decoding failure of an untrusted file is the same user error
-        raise WeightsError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        # never the error's text: torch's advises weights_only=False, which would run the file's code
+        if _is_torchscript(path):
+            raise WeightsError(f"{path}: a TorchScript export (for LibTorch / torch.jit.load), not a checkpoint; "
+                               "--weights takes the checkpoint it was exported from") from None
+        raise WeightsError(f"{path}: not a checkpoint derain can read (a state dict in .safetensors or .pth); "
+                           f"{type(err).__name__}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -36,8 +41,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    """Strictly load ``state`` into ``model``; a mismatch is a WeightsError naming the keys."""
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (``derain export -f torchscript``): a zip holding code/ and constants."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names)
+
+
+def fitting_methods(state: dict[str, torch.Tensor]) -> list[str]:
+    """The registered methods whose network takes ``state`` as it is (same keys and shapes).
+    Networks are built on the meta device: no memory, no initialisation."""
+    from derain_cli.methods import list_methods
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    fits = []
+    for spec in list_methods():
+        try:
+            with torch.device("meta"):
+                expected = spec.build().state_dict()
+        except Exception:  # noqa: BLE001 - a network that cannot be built on meta is just not named
+            continue
+        if expected.keys() == shapes.keys() and all(tuple(v.shape) == shapes[k] for k, v in expected.items()):
+            fits.append(spec.name)
+    return fits
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+              method: str | None = None) -> torch.nn.Module:
+    """Strictly load ``state`` into ``model`` (``method``'s network, named in errors); a mismatch
+    is a WeightsError naming the keys, and the methods the weights do fit, if any."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -48,6 +85,10 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
             if keys:
                 shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
                 details.append(f"{label}: {shown}")
-        raise WeightsError(f"{source} does not fit this network ({'; '.join(details)})")
+        fits = [m for m in fitting_methods(state) if m != method]
+        network = method or "this network"
+        if fits:
+            raise WeightsError(f"{source}: these weights fit {' / '.join(fits)}, not {network}")
+        raise WeightsError(f"{source} does not fit {network} ({'; '.join(details)})")
     model.load_state_dict(state, strict=True)
     return model

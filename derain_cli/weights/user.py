@@ -95,31 +95,70 @@ def user_entry(name: str) -> WeightsEntry | None:
 
 
 def install(name: str, weights: Path, sha256: str, trained: str, card: str) -> Path:
-    """Copy a trained checkpoint into the data directory as ``name`` (replacing an earlier one
-    of that name); refuses the names of shipped checkpoints. Returns its folder."""
+    """Copy a trained checkpoint into the data directory as ``name``; an earlier model of that
+    name is kept under another name (install_keeping). Returns the new model's folder."""
+    return install_keeping(name, weights, sha256, trained, card)[0]
+
+
+def install_keeping(name: str, weights: Path, sha256: str, trained: str, card: str) -> tuple[Path, str | None]:
+    """Copy a trained checkpoint into the data directory as ``name`` (refusing the names of
+    shipped checkpoints). An earlier model of that name with other weights is never lost: it
+    is renamed METHOD.TAG-YYYYMMDD-HHMMSS (when it was saved), still a model of yours (``-m``,
+    ``models list``/``remove``). Returns the new folder and the earlier model's new name (None
+    when there was none, or it held these very weights)."""
+    from derain_cli.io import current_umask
+
     key = check_installable(name)
     root = models_dir()
     target = root / key
+    kept = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
         try:
+            staging.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; a model folder follows the umask
             shutil.copyfile(weights, staging / WEIGHTS_FILE)
             (staging / CARD_FILE).write_text(card, encoding="utf-8")
             # json strings are valid TOML basic strings (quotes, backslashes, newlines escaped)
             (staging / ENTRY_FILE).write_text(f"sha256 = {json.dumps(sha256)}\nlicense = \"yours\"\n"
                                               f"trained = {json.dumps(trained)}\n", encoding="utf-8")
             retired = root / f".{key}.old"
-            if target.exists():  # swap, so that a crash leaves the old model or the new one
-                shutil.rmtree(retired, ignore_errors=True)
-                target.rename(retired)
+            if target.exists():
+                if _same_weights(target, sha256):  # the same model again: nothing to keep
+                    shutil.rmtree(retired, ignore_errors=True)
+                    target.rename(retired)  # swap, so that a crash leaves the old model or the new one
+                else:
+                    kept = _aside_name(target)
+                    target.rename(root / kept)
             staging.rename(target)
             shutil.rmtree(retired, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as err:
         raise WeightsError(f"cannot save {key} in {root}: {err}") from None
-    return target
+    return target, kept
+
+
+def _same_weights(folder: Path, sha256: str) -> bool:
+    try:
+        return _read_entry(folder).sha256 == sha256.lower()
+    except WeightsError:
+        return False
+
+
+def _aside_name(folder: Path) -> str:
+    """A free model name for the earlier model in ``folder``: its name and when it was saved."""
+    import datetime
+
+    entry = folder / ENTRY_FILE
+    saved = (entry if entry.is_file() else folder).stat().st_mtime
+    base = f"{folder.name}-{datetime.datetime.fromtimestamp(saved):%Y%m%d-%H%M%S}"
+    name, n = base, 1
+    shipped = load_manifest()
+    while (folder.parent / name).exists() or name in shipped or _run_folder(name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def check_installable(name: str) -> str:
