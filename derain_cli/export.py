@@ -190,6 +190,9 @@ def export_model(
     elif dynamo:
         raise UsageError("--dynamo applies to ONNX exports only")
     spec = get_method(split_name(method)[0])
+    if spec.sized_by_loops and not height:
+        raise UsageError(f"{spec.name} exports at one fixed size only: {spec.sized_by_loops}, loops that tracing "
+                         "unrolls for the size it sees; give --height H --width W")
     trace_hw, check_hw = _sizes(spec, height, width)
     resolved = resolve(method, weights, offline)
     tag = resolved.entry.tag if resolved.entry else safe_stem(resolved.path)

@@ -25,6 +25,7 @@ from derain_cli.weights.loading import load_into, read_state_dict
 from conftest import make_checkpoint, rainy_picture
 
 METHODS = [spec.name for spec in list_methods()]
+DYNAMIC = [spec.name for spec in list_methods() if not spec.sized_by_loops]  # exportable at any size
 runner = CliRunner()
 
 
@@ -50,7 +51,7 @@ def onnx_exports(tmp_path_factory, checkpoints):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     folder = tmp_path_factory.mktemp("onnx")
-    return {name: export_model(name, folder / f"{name}.onnx", weights=str(checkpoints[name])) for name in METHODS}
+    return {name: export_model(name, folder / f"{name}.onnx", weights=str(checkpoints[name])) for name in DYNAMIC}
 
 
 def network_outputs(method: str, checkpoint, x: torch.Tensor) -> list[np.ndarray]:
@@ -69,7 +70,7 @@ def other_size(method: str, batch: int) -> torch.Tensor:
     return torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(5))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DYNAMIC)
 def test_onnx_export_matches_the_network_at_other_sizes(method, onnx_exports, checkpoints, onnx_runtime):
     report = onnx_exports[method]
     assert report.max_abs_diff <= TOLERANCE
@@ -83,7 +84,7 @@ def test_onnx_export_matches_the_network_at_other_sizes(method, onnx_exports, ch
         assert np.abs(g - e).max() <= TOLERANCE
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DYNAMIC)
 def test_torchscript_export_matches_the_network_at_other_sizes(method, checkpoints, tmp_path):
     report = export_model(method, tmp_path / f"{method}.pt", weights=str(checkpoints[method]))
     assert report.format == "torchscript" and report.max_abs_diff <= TOLERANCE
@@ -174,6 +175,14 @@ def test_fixed_size_export_runs_as_tiles_of_its_size(tmp_path, checkpoints, writ
     assert np.abs(a - b).max() <= 1
     bad = derain("export", "lpnet", "-w", checkpoints["lpnet"], "-o", tmp_path / "bad.onnx", "--height", "100", "--width", "129")
     assert bad.exit_code == 2 and "16k + 1" in bad.output
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_loop_sized_methods_export_at_a_fixed_size_only(fmt, tmp_path, checkpoints, onnx_runtime):
+    refused = derain("export", "spanet", "-w", checkpoints["spanet"], "-f", fmt, "-o", tmp_path / "any")
+    assert refused.exit_code == 2 and "fixed size only: its IRNN scans" in refused.output and "--height" in refused.output
+    report = export_model("spanet", tmp_path / "fixed", fmt=fmt, weights=str(checkpoints["spanet"]), height=16, width=16)
+    assert report.metadata.height == 16 and report.max_abs_diff <= TOLERANCE
 
 
 def test_export_refusals(tmp_path, checkpoints):

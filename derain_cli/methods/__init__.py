@@ -86,6 +86,7 @@ class MethodSpec:
     training: str = "paired"
     cpu_size: str | None = None  # the method's smaller configuration for CPUs (``derain train`` says so there)
     tile: int = DEFAULT_TILE
+    sized_by_loops: str | None = None  # why exports need a fixed size: tracing unrolls these loops for one size
 
     def require_outputs(self, names: tuple[str, ...]) -> None:
         """Raise UsageError unless the network returns every map in ``names``."""
@@ -228,6 +229,7 @@ METHODS: tuple[MethodSpec, ...] = (
         half_safe=False,
         default_tag="spa",
         tileable=False,  # its scans cross whole rows and columns: tiles differ by up to 200 levels (methods.md)
+        sized_by_loops="its IRNN scans step along every row and column",
         outputs=("image", "mask"),
         feature_stage="conv_in.0",
         recipe=TrainingRecipe(
