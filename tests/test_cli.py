@@ -141,7 +141,42 @@ def test_models_list_and_verify():
     result = derain("models", "list")
     assert result.exit_code == 0 and "lpnet.rain100l" in result.output
     assert derain("models", "verify").exit_code == 0
-    assert derain("models", "verify", "lpnet.nonexistent").exit_code == 3
+    unknown = derain("models", "verify", "lpnet.nonexistent")
+    assert unknown.exit_code == 2 and "no checkpoint 'lpnet.nonexistent'" in unknown.output
+
+
+def test_an_unknown_checkpoint_name_is_a_usage_error(write_picture, tmp_path):
+    result = derain("remove", str(write_picture()), "-m", "lpnet.nosuch", "-o", str(tmp_path / "out.png"))
+    assert result.exit_code == 2
+    assert "no checkpoint 'lpnet.nosuch' in weights.toml (available for lpnet: " in " ".join(result.output.split())
+
+
+def test_vgg19_imagenet_says_it_is_not_declared_and_what_to_pass(tmp_path):
+    result = derain("models", "download", "vgg19.imagenet")
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "vgg19.imagenet is not declared in this release's weights.toml" in text
+    assert "`derain train --vgg FILE`" in text and "no checkpoint" not in text
+
+
+def test_weights_that_are_not_a_checkpoint_or_of_another_method(write_picture, tmp_path):
+    import torch
+    from conftest import make_checkpoint
+
+    src = write_picture()
+    junk = tmp_path / "junk.pth"
+    torch.save({"model": Path("pickled object")}, junk)  # torch advises weights_only=False for this
+    result = derain("remove", str(src), "--weights", str(junk), "-o", str(tmp_path / "a.png"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 3
+    assert (f"{junk}: not a checkpoint derain can read (a state dict in .safetensors or .pth); "
+            "UnpicklingError") in text
+    assert "weights_only" not in text
+
+    prenet = make_checkpoint("prenet", tmp_path / "prenet.safetensors")
+    other = derain("remove", str(src), "-m", "lpnet", "--weights", str(prenet), "-o", str(tmp_path / "b.png"))
+    assert other.exit_code == 3
+    assert f"{prenet}: these weights fit prenet, not lpnet" in " ".join(other.output.split())
 
 
 def test_rerun_with_outputs_beside_inputs_does_nothing_new(tmp_path, write_picture, lpnet_checkpoint):

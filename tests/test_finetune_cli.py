@@ -53,7 +53,7 @@ def test_adapts_lists_uses_and_removes_a_model(tmp_path):
     removed = runner.invoke(app, ["models", "remove", "lpnet.my_rainy_photos"])
     assert removed.exit_code == 0 and not folder.exists()
     gone = runner.invoke(app, ["remove", str(photos / "photo0.png"), "-m", "lpnet.my_rainy_photos", "-o", str(out)])
-    assert gone.exit_code == 3 and "lpnet.my_rainy_photos" in gone.output
+    assert gone.exit_code == 2 and "no checkpoint 'lpnet.my_rainy_photos'" in gone.output  # a name no longer known
 
 
 def test_moments_with_given_pairs_and_a_tag(tmp_path):
@@ -125,6 +125,60 @@ def test_ctrl_c_exits_130_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     resumed = runner.invoke(app, ["finetune-real", str(photos), *TINY[:4], "--iterations", "5", *TINY[6:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert (tmp_path / "data/models/lpnet.photos/weights.safetensors").is_file()
+
+
+def test_sigint_before_the_first_checkpoint_writes_one_and_says_where(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from derain_cli.engine.training import Trainer
+
+    photos = make_photos(tmp_path / "photos", n=3)
+    original = Trainer.train
+
+    def interrupted(self, on_step=None):
+        def ctrl_c(step, record):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+        return original(self, on_step=ctrl_c)
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    args = ["finetune-real", str(photos), *TINY[:4], "--iterations", "3", "--checkpoint-every", "100", *TINY[8:]]
+    old_mask = os.umask(0o022)
+    try:
+        result = runner.invoke(app, args)
+    finally:
+        os.umask(old_mask)
+    last = tmp_path / "data/runs/finetune-real/lpnet.photos/last.pth"
+    assert result.exit_code == 130, result.output
+    assert (f"interrupted (Ctrl-C) at step 1: checkpoint written to {last}; the same command with --resume "
+            "continues from it") in " ".join(result.output.split())
+    assert last.stat().st_mode & 0o777 == 0o644
+    monkeypatch.setattr(Trainer, "train", original)
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "| iterations | 3 " in (tmp_path / "data/models/lpnet.photos/card.md").read_text()
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--iterations", "0"), ("--batch-size", "0"), ("--patch-size", "-8"), ("--lr", "0"), ("--val-every", "0"),
+    ("--checkpoint-every", "-1"), ("--max-side", "0"), ("--mixture-weight", "-1"),
+])
+def test_nonsense_values_are_refused_at_parse_time(tmp_path, option, value):
+    result = runner.invoke(app, ["finetune-real", str(tmp_path / "nowhere"), option, value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output, result.output
+
+
+def test_a_restarted_run_keeps_the_earlier_model(tmp_path):
+    from derain_cli.weights.user import user_entries
+
+    photos = make_photos(tmp_path / "photos", n=3)
+    assert runner.invoke(app, ["finetune-real", str(photos), *TINY]).exit_code == 0
+    again = runner.invoke(app, ["finetune-real", str(photos), *TINY, "--restart", "--seed", "1"])
+    assert again.exit_code == 0, again.output
+    kept = [name for name in user_entries() if name.startswith("lpnet.photos-")]
+    assert len(kept) == 1 and f"your earlier lpnet.photos is kept as {kept[0]}" in " ".join(again.output.split())
 
 
 def test_model_names_cannot_reach_outside_the_models_folder(tmp_path):

@@ -158,7 +158,9 @@ def test_bundled_file_is_found_and_verified(manifest, tmp_path):
 def test_missing_checkpoint_says_what_to_do(manifest):
     manifest("")
     with pytest.raises(WeightsError, match=r"no checkpoint 'lpnet.rain100l'.*--weights PATH"):
-        resolve("lpnet")
+        resolve("lpnet")  # the method's default is not available: weights unavailable (exit 3)
+    with pytest.raises(UsageError, match=r"no checkpoint 'lpnet.nosuch'.*--weights PATH"):
+        resolve("lpnet.nosuch")  # a name the user spelled out: a usage error (exit 2), like an unknown method
 
 
 def test_explicit_path_wins_and_must_exist(manifest, tmp_path, lpnet_checkpoint):
@@ -226,7 +228,15 @@ class Payload:
 def test_pickled_objects_are_never_loaded(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": Payload()}, path)
-    with pytest.raises(WeightsError, match="not a readable checkpoint"):
+    with pytest.raises(WeightsError, match=r"not a checkpoint derain can read \(a state dict in .safetensors or "
+                       r"\.pth\); UnpicklingError$"):
+        read_state_dict(path)
+
+
+def test_a_torchscript_export_is_named_as_such(tmp_path):
+    path = tmp_path / "lpnet.pt"
+    torch.jit.trace(torch.nn.Conv2d(3, 3, 1).eval(), torch.zeros(1, 3, 4, 4)).save(str(path))
+    with pytest.raises(WeightsError, match="a TorchScript export .*--weights takes the checkpoint it was exported from"):
         read_state_dict(path)
 
 

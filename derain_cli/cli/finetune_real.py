@@ -39,9 +39,9 @@ def finetune_real(
     your data directory ($DERAIN_DATA_DIR overrides); then `derain remove -m METHOD.TAG`.
     Ctrl-C (exit 130) or SIGTERM (exit 143) writes the checkpoint of the step reached;
     --resume continues from it."""
+    arguments = dict(locals())
     from derain_cli.cli.train import interrupt_report, stop_signals
 
-    arguments = dict(locals())
     with exit_codes(), stop_signals(), interrupt_report(lambda: _run_folder(method, tag, photos) / "last.pth"):
         _finetune_real(**arguments)
 

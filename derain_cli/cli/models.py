@@ -16,7 +16,7 @@ app = typer.Typer(help="List, download, verify and remove checkpoints (weights.t
 
 def _entries(names: list[str] | None):
     from derain_cli.weights.manifest import split_name
-    from derain_cli.weights.resolve import available_entries
+    from derain_cli.weights.resolve import available_entries, undeclared
 
     entries = available_entries()
     if not names:
@@ -25,7 +25,7 @@ def _entries(names: list[str] | None):
     for name in names:
         key = "{}.{}".format(*split_name(name))
         if key not in entries:
-            raise WeightsError(f"no checkpoint '{key}' (known: {', '.join(sorted(entries)) or 'none yet'})")
+            raise undeclared(key, f"no checkpoint '{key}' (known: {', '.join(sorted(entries)) or 'none yet'})")
         chosen.append(entries[key])
     return chosen
 

@@ -23,19 +23,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             state = load_file(str(path), device="cpu")
+        elif _is_torchscript(path):  # torch.load would hand it to torch.jit.load: never load it
+            raise WeightsError(f"{path}: a TorchScript export (for LibTorch / torch.jit.load), not a checkpoint; "
+                               "--weights takes the checkpoint it was exported from")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except WeightsError:
+        raise
     except Exception as err:  # any decoding failure of an untrusted file is the same user error
         # never the error's text: torch's advises weights_only=False, which would run the file's code
-        if _is_torchscript(path):
-            raise WeightsError(f"{path}: a TorchScript export (for LibTorch / torch.jit.load), not a checkpoint; "
-                               "--weights takes the checkpoint it was exported from") from None
         raise WeightsError(f"{path}: not a checkpoint derain can read (a state dict in .safetensors or .pth); "
                            f"{type(err).__name__}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: holds no state dict of tensors")
+        raise WeightsError(f"{path}: not a checkpoint derain can read (a state dict in .safetensors or .pth); "
+                           "it holds no state dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state

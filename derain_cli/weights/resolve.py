@@ -231,8 +231,23 @@ def resolve(method: str, weights: str | None = None, offline: bool | None = None
         entry = user_entry(f"{name}.{tag}")  # a broken model of yours is named, not "unknown"
     if entry is None:
         available = ", ".join(sorted(k for k in entries if k.startswith(name + "."))) or "none yet"
-        raise WeightsError(
-            f"no checkpoint '{name}.{tag}' in weights.toml (available for {name}: {available}); "
-            f"pass one with --weights PATH or hf://owner/repo/file@revision"
-        )
+        message = (f"no checkpoint '{name}.{tag}' in weights.toml (available for {name}: {available}); "
+                   f"pass one with --weights PATH or hf://owner/repo/file@revision")
+        if "." in method:  # a name the user spelled out: a usage error, like an unknown method
+            raise undeclared(f"{name}.{tag}", message, UsageError)
+        raise WeightsError(message)  # the method's default checkpoint is not available
     return locate(entry, offline)
+
+
+def undeclared(key: str, message: str, error: type[Exception] = UsageError) -> Exception:
+    """The error for a checkpoint name no manifest entry or model of yours declares: ``message``,
+    or for a training aid this release names but does not declare (``vgg19.imagenet``), what to
+    pass instead."""
+    from derain_cli.weights.manifest import AUXILIARY
+
+    method, _, tag = key.partition(".")
+    if AUXILIARY.get(method) == tag:
+        return UsageError(f"{key} is not declared in this release's weights.toml (its sha256 and Hub revision "
+                          f"are not pinned yet, docs/weights.md), so it cannot be downloaded: pass a VGG19 "
+                          f"ImageNet state dict with `derain train --vgg FILE`, or train with --no-semantic")
+    return error(message)
