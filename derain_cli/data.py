@@ -186,8 +186,8 @@ class PhotoSampler:
 
     Photos larger than ``max_side`` are downscaled (area interpolation) so that a folder of
     camera pictures fits in memory. Unreadable photos and photos smaller than a patch are
-    reported through ``warn`` and left out; each batch takes its patches from ``batch_size``
-    different photos, so the folder needs at least that many usable ones.
+    reported through ``warn`` and left out. Each batch takes its patches from ``batch_size``
+    different photos, or from every photo in turn (several patches each) when there are fewer.
     """
 
     def __init__(self, photos: list[Path], patch_size: int, batch_size: int, seed: int = 0,
@@ -209,11 +209,9 @@ class PhotoSampler:
             self.names.append(path.name)
             self.images.append(_as_chw(rgb))
         where = photos[0].parent if photos else "the folder"
-        if len(self.images) < batch_size:
+        if not self.images:
             why = [f"{unreadable} unreadable"] * bool(unreadable) + [f"{small} smaller than the {patch_size}px patch"] * bool(small)
-            raise DatasetError(
-                f"{where}: {len(self.images)} usable photo(s) of {len(photos)}{_reasons(why)}; "
-                f"a batch takes patches from {batch_size} different photos (add photos or lower the batch size)")
+            raise DatasetError(f"{where}: no usable photo of {len(photos)}{_reasons(why)}")
         self.patch_size, self.batch_size, self.seed = patch_size, batch_size, seed
 
     def __len__(self) -> int:
@@ -223,6 +221,7 @@ class PhotoSampler:
         """Float tensor (b, 3, P, P) in [0, 1] for this rank at ``step``."""
         # a stream of its own: never the seed PatchSampler uses at any step
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) ^ (1 << 48))
-        chosen = torch.randperm(len(self.images), generator=g)[: self.batch_size].tolist()
+        order = torch.randperm(len(self.images), generator=g).tolist()
+        chosen = [order[k % len(order)] for k in range(self.batch_size)]  # each photo once, unless too few
         patches = [_random_patch((self.images[i],), self.patch_size, g)[0] for i in chosen]
         return _rank_slice(patches, self.batch_size, rank, world_size)

@@ -191,8 +191,13 @@ def test_photo_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(DatasetError, match="empty: no images"):
         find_photos(tmp_path / "empty")
     folder = make_photos(tmp_path / "few", n=3)
-    with pytest.raises(DatasetError, match="3 usable photo\\(s\\) of 3; a batch takes patches from 4 different photos"):
-        PhotoSampler(find_photos(folder), 32, 4)
+    few = PhotoSampler(find_photos(folder), 32, 4)  # fewer photos than the batch: several patches from some
+    batch = few.batch(0)
+    assert batch.shape == (4, 3, 32, 32) and len({tuple(p.flatten()[:64].tolist()) for p in batch}) == 4
+    (tmp_path / "unusable").mkdir()
+    Image.fromarray(rainy_picture(20, 20)).save(tmp_path / "unusable" / "tiny.png")
+    with pytest.raises(DatasetError, match="unusable: no usable photo of 1 \\(1 smaller than the 32px patch\\)"):
+        PhotoSampler(find_photos(tmp_path / "unusable"), 32, 4, warn=lambda m: None)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     Image.fromarray(rainy_picture(20, 20)).save(folder / "tiny.png")
     warnings = []
