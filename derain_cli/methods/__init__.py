@@ -125,25 +125,32 @@ _LIR = MethodSpec(
     recipe=_LIR_RECIPE,
 )
 
+_LPNET = MethodSpec(
+    name="lpnet",
+    network="derain_cli.methods.lpnet:LPNet",
+    summary="Lightweight pyramid network (7,548 parameters), fast on CPU",
+    paper="Fu et al., Lightweight Pyramid Networks for Image Deraining, IEEE TNNLS 2019",
+    size_multiple=16,
+    size_offset=1,
+    overlap=96,
+    half_safe=True,
+    bf16_safe=True,  # Rain100L with the authors' weights: 33.40 dB in bf16, 33.42 in fp32
+    default_tag="rain100l",
+    tile=2048,  # subnets run in cached blocks on the CPU; 50 MP peak RSS measured in performance.md
+    feature_stage="subnets.0.features",
+    bf16_training=True,  # bf16 autocast loss curve within 0.07 % of fp32's (performance.md)
+    recipe=TrainingRecipe(
+        lr=1e-3, batch_size=10, patch_size=80, iterations=300_000,
+        source="Fu et al. 2019, Sec. IV-A: Adam, learning rate 0.001, batch 10, 80x80 patches, 3e5 iterations",
+    ),
+)
+
 METHODS: tuple[MethodSpec, ...] = (
-    MethodSpec(
-        name="lpnet",
-        network="derain_cli.methods.lpnet:LPNet",
-        summary="Lightweight pyramid network (7,548 parameters), fast on CPU",
-        paper="Fu et al., Lightweight Pyramid Networks for Image Deraining, IEEE TNNLS 2019",
-        size_multiple=16,
-        size_offset=1,
-        overlap=96,
-        half_safe=True,
-        bf16_safe=True,  # Rain100L with the authors' weights: 33.40 dB in bf16, 33.42 in fp32
-        default_tag="rain100l",
-        tile=2048,  # subnets run in cached blocks on the CPU; 50 MP peak RSS measured in performance.md
-        feature_stage="subnets.0.features",
-        bf16_training=True,  # bf16 autocast loss curve within 0.07 % of fp32's (performance.md)
-        recipe=TrainingRecipe(
-            lr=1e-3, batch_size=10, patch_size=80, iterations=300_000,
-            source="Fu et al. 2019, Sec. IV-A: Adam, learning rate 0.001, batch 10, 80x80 patches, 3e5 iterations",
-        ),
+    _LPNET,
+    replace(
+        _LPNET, name="lpnet-wide", network="derain_cli.methods.lpnet:LPNetWide", default_tag="real",
+        summary="LPNet with wider levels (24, 12, 6, 4, 2 features; 2.2x the arithmetic): a student for distillation",
+        paper="Fu et al. TNNLS 2019 (LPNet), widened by derain as a distillation student",
     ),
     MethodSpec(
         name="prenet",

@@ -104,12 +104,15 @@ class LevelSubnet(nn.Module):
 
 
 class LPNet(nn.Module):
-    """Input (B, 3, H, W) rainy image in [0, 1]; output the derained image, clipped to [0, 1]."""
+    """Input (B, 3, H, W) rainy image in [0, 1]; output the derained image, clipped to [0, 1].
 
-    def __init__(self) -> None:
+    ``features``: each level's width, finest first (the paper's 16, 8, 4, 2, 1 by default)."""
+
+    def __init__(self, features: tuple[int, ...] = FEATURES) -> None:
         super().__init__()
         self.pyramid = LaplacianPyramid()
-        self.subnets = nn.ModuleList([LevelSubnet(f) for f in FEATURES])
+        self.widths = features
+        self.subnets = nn.ModuleList([LevelSubnet(f) for f in features])
 
     def pyramid_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-level estimates of the clean Gaussian pyramid, finest first (unclipped)."""
@@ -125,7 +128,7 @@ class LPNet(nn.Module):
     def _subnet(self, level: int, band: torch.Tensor) -> torch.Tensor:
         # the subnets are local (radius 11 at their level): on the CPU, run them in cached blocks
         if blocking_applies(band):
-            return run_in_blocks(self.subnets[level], (band,), SUBNET_RADIUS, FEATURES[level])
+            return run_in_blocks(self.subnets[level], (band,), SUBNET_RADIUS, self.widths[level])
         return self.subnets[level](band)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +141,16 @@ class LPNet(nn.Module):
         l1 = sum(F.l1_loss(o, t) for o, t in zip(outputs, targets))
         ssim = sum(ssim_loss(o, t) for o, t in zip(outputs[:2], targets[:2]))
         return {"loss": l1 + ssim, "l1": l1.detach(), "ssim": ssim.detach()}
+
+
+WIDE_FEATURES = (24, 12, 6, 4, 2)  # 2.2x the finest level's arithmetic: a student with more room
+
+
+class LPNetWide(LPNet):
+    """LPNet with wider levels (``WIDE_FEATURES``): a distillation student (docs/weights.md)."""
+
+    def __init__(self) -> None:
+        super().__init__(WIDE_FEATURES)
 
 
 def state_dict_from_tensorflow(arrays) -> dict[str, torch.Tensor]:
