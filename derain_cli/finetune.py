@@ -236,11 +236,12 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         },
     )
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
-    if request.resume:
-        trainer.resume()
-    log(f"adapting {start} to {len(photos)} photos of {request.photos} ({request.algorithm}), "
-        f"{len(pair_list)} synthetic pairs, on {trainer.device}; run folder {out}")
-    summary = trainer.train(on_step=on_trainer(trainer) if on_trainer else None)
+    with trainer.stopping_on_signals():  # from here SIGINT/SIGTERM stop at a step boundary, with a checkpoint
+        if request.resume:
+            trainer.resume()
+        log(f"adapting {start} to {len(photos)} photos of {request.photos} ({request.algorithm}), "
+            f"{len(pair_list)} synthetic pairs, on {trainer.device}; run folder {out}")
+        summary = trainer.train(on_step=on_trainer(trainer) if on_trainer else None)
     steps, hours = summary["steps"], summary["wall_time_s"] / 3600
     trained = (f"derain finetune-real --algorithm {request.algorithm} from {start} on {len(photos)} photos of "
                f"{request.photos}: {steps} steps, {summary['hardware']}, {hours:.2f} h")

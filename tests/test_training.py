@@ -326,3 +326,25 @@ def test_a_second_run_with_the_same_tag_keeps_the_first_model(tmp_path):
     assert all(torch.equal(first_weights[k], aside[k]) for k in first_weights)
     folder = models_dir() / "lpnet.tiny"
     assert folder.stat().st_mode & 0o777 == 0o755 and (folder / "weights.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("signum", "code", "what"), [(2, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)")])
+def test_a_real_train_process_stopped_by_a_signal_keeps_a_resumable_checkpoint(tmp_path, signum, code, what):
+    """The fault campaign's case: SIGINT / SIGTERM to `derain train` before its first periodic checkpoint."""
+    make_dataset(tmp_path / "data", 3)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "derain_cli", "train", str(tmp_path / "data"), "-o", str(run), "--iterations", "100000",
+            "--batch-size", "2", "--patch-size", "16", "--val-split", "0", "--device", "cpu", "--tag", "sig"]
+    child = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in child.stderr:  # the line saying training starts comes just before the loop
+        lines.append(line)
+        if line.startswith("training lpnet"):
+            break
+    child.send_signal(signum)
+    _, rest = child.communicate(timeout=120)
+    output = " ".join("".join(lines + [rest]).split())
+    assert child.returncode == code, output
+    assert f"{what} at step " in output and f"checkpoint written to {run / 'last.pth'}; the same command with --resume continues from it" in output
+    step = int(output.split(f"{what} at step ")[1].split(":")[0])
+    assert torch.load(run / "last.pth", weights_only=True)["step"] == step

@@ -187,6 +187,13 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
                                                    sampler=config.sampler)
         what = _count(len(train_pairs), "pair")
     trainer = Trainer(spec, config, objective, val_pairs, log=log)
+    with trainer.stopping_on_signals():  # from here a signal stops at a step boundary, with a checkpoint
+        summary = _run(trainer, spec, config, out, resume, compile, what, val_pairs, rank0, quiet, minutes, started, log)
+    if rank0 and summary:
+        _report(summary, config, spec, tag, out, installable, log)
+
+
+def _run(trainer, spec, config, out, resume, compile, what, val_pairs, rank0, quiet, minutes, started, log) -> dict:
     if spec.cpu_size and trainer.device.type == "cpu":
         log(f"warning: {spec.name} is the paper's size, meant for a GPU; {spec.cpu_size} is the CPU size")
     if resume:
@@ -198,21 +205,23 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
     progress = training_progress(trainer, config.iterations, show_bar, log)
     try:
         stop_at = started + 60 * minutes if minutes else None
-        summary = trainer.train(on_step=progress, stop_at=stop_at)
+        return trainer.train(on_step=progress, stop_at=stop_at)
     finally:
         progress.close()
-    if rank0 and summary:
-        best, last = summary["best"], summary["last_validation"]
-        score = (f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best
-                 else f"; last validation Y-PSNR {last['psnr_y']:.2f} dB" if last else "")
-        if not summary["complete"]:
-            log(f"stopped at the time limit; `--resume` continues to {config.iterations} iterations")
-        log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
-        log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
-        if installable:
-            _install(installable, out, summary, log)
-        else:
-            log(f"{spec.name}.{tag} is a checkpoint shipped with derain: not saved among your models")
+
+
+def _report(summary, config, spec, tag, out, installable, log) -> None:
+    best, last = summary["best"], summary["last_validation"]
+    score = (f"; best validation Y-PSNR {best['psnr_y']:.2f} dB at step {best['step']}" if best
+             else f"; last validation Y-PSNR {last['psnr_y']:.2f} dB" if last else "")
+    if not summary["complete"]:
+        log(f"stopped at the time limit; `--resume` continues to {config.iterations} iterations")
+    log(f"done: {summary['steps']} iterations in {summary['wall_time_s'] / 60:.1f} min{score}")
+    log(f"weights: {summary['checkpoint']} (manifest entry in {out / 'weights_entry.toml'})")
+    if installable:
+        _install(installable, out, summary, log)
+    else:
+        log(f"{spec.name}.{tag} is a checkpoint shipped with derain: not saved among your models")
 
 
 def _count(n: int, noun: str) -> str:

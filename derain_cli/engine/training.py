@@ -175,6 +175,7 @@ class Trainer:
         self.val_data = [load_pair(p) for p in val_pairs] if self.rank == 0 else []
         self.step, self.best, self.history = 0, None, []
         self._signal: int | None = None  # SIGINT/SIGTERM received while training
+        self._catching = False  # in stopping_on_signals
         self.started = time.time()
         self.elapsed_before = 0.0
 
@@ -323,15 +324,17 @@ class Trainer:
         return int(flags[1].item()) or ("time" if flags[0].item() else None)
 
     @contextmanager
-    def _stop_signals(self) -> Iterator[None]:
-        """While training, SIGINT and SIGTERM ask the loop to stop at the next step boundary
-        (where it writes the checkpoint); a second one in a single process stops at once,
-        without one. Under torchrun a repeated signal only repeats the request (torchrun's agent
-        follows a Ctrl-C with SIGTERM). Outside the main thread signals are left alone."""
-        self._signal = None
-        if threading.current_thread() is not threading.main_thread():
+    def stopping_on_signals(self) -> Iterator[None]:
+        """While in it (train() enters it; a caller may enter it earlier, so that a signal
+        before the first step counts too), SIGINT and SIGTERM ask the loop to stop at the next
+        step boundary (where it writes the checkpoint); a second one in a single process stops
+        at once, without one. Under torchrun a repeated signal only repeats the request
+        (torchrun's agent follows a Ctrl-C with SIGTERM). Outside the main thread signals are
+        left alone."""
+        if self._catching or threading.current_thread() is not threading.main_thread():
             yield
             return
+        self._signal, self._catching = None, True
 
         def request_stop(signum, frame):
             if self._signal is not None and self.world_size == 1:
@@ -344,6 +347,7 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            self._catching = False
 
     def _stop_for_signal(self, signum: int) -> None:
         """Write the checkpoint of this step boundary (rank 0; the others wait for it) and raise
@@ -363,7 +367,7 @@ class Trainer:
         SIGINT (Ctrl-C) or SIGTERM stops the run at the next step boundary: the step under way
         finishes, the checkpoint of that step is written (``--resume`` continues exactly) and
         Interrupted is raised, naming it."""
-        with self._stop_signals():
+        with self.stopping_on_signals():
             self._loop(on_step, stop_at)
         return self.finish()
 
