@@ -284,8 +284,8 @@ def test_tiled_equals_whole_picture():
                       size_offset=0, overlap=overlap, half_safe=False, default_tag="none", tileable=True,
                       recipe=TrainingRecipe(lr=1e-4, batch_size=16, patch_size=64, iterations=1))
     image = rainy_picture(96, 128, seed=3).astype(np.float32) / 255
-    whole = InferenceEngine(net, spec, "cpu", tile=0).run(image)["image"]
-    tiled = InferenceEngine(net, spec, "cpu", tile=64).run(image)["image"]
+    whole = InferenceEngine(net, spec, "cpu", "fp32", tile=0).run(image)["image"]
+    tiled = InferenceEngine(net, spec, "cpu", "fp32", tile=64).run(image)["image"]
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() <= 1.0 / 255
 

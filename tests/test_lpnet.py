@@ -51,5 +51,5 @@ def test_reproduces_the_authors_output():
         direct = model(torch.from_numpy(rainy).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     assert np.abs(direct - expected).max() < 1e-4
     # the shared engine (padding to 16k + 1, whole image) gives the same pixels
-    engine = InferenceEngine(model, get_method("lpnet"), "cpu", tile=0)
+    engine = InferenceEngine(model, get_method("lpnet"), "cpu", "fp32", tile=0)
     assert np.abs(engine.run(rainy)["image"] - expected).max() < 1e-4

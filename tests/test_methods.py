@@ -67,9 +67,9 @@ def test_tiled_output_matches_whole_image(name):
     half = max(150, tile // 2 + 40)  # the picture must be larger than one tile each way
     image = np.concatenate([rainy_picture(half, max(200, tile + 80), seed=s) for s in range(2)], axis=0)
     image = image.astype(np.float32) / 255
-    whole = InferenceEngine(_built(name), spec, "cpu", tile=0).run(image)["image"]
+    whole = InferenceEngine(_built(name), spec, "cpu", "fp32", tile=0).run(image)["image"]
     assert min(image.shape[:2]) > tile
-    tiled = InferenceEngine(_built(name), spec, "cpu", tile=tile).run(image)["image"]
+    tiled = InferenceEngine(_built(name), spec, "cpu", "fp32", tile=tile).run(image)["image"]
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).max() <= 1.0 / 255
 

@@ -135,7 +135,7 @@ def test_train_cli_refuses_to_clobber_a_run_and_resumes(tmp_path):
 def test_distributed_training_matches_one_process(tmp_path):
     """torchrun with two CPU processes (gloo) ends where one process with the full batch ends."""
     pairs_root = make_dataset(tmp_path / "data")
-    common = ["--iterations", "3", "--batch-size", "4", "--patch-size", "32", "--val-every", "3",
+    common = ["--iterations", "3", "--batch-size", "4", "--patch-size", "32", "--val-every", "3", "--precision", "fp32",
               "--val-split", "0.34", "--device", "cpu", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "derain_cli", "train", str(pairs_root), "-o", str(tmp_path / "one"), *common],
