@@ -35,6 +35,12 @@ class ImageError(DerainError):
     exit_code = EXIT_SOME_FAILED
 
 
+class HarmfulResult(DerainError):
+    """A trained result does more harm to the user's photos than what it started from: not saved."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
 class Interrupted(KeyboardInterrupt):
     """A run stopped by SIGINT (Ctrl-C) or SIGTERM. ``checkpoint`` is the resumable file written
     at the step boundary where it stopped (``step``), None when none was written."""

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from derain_cli.data import PatchSampler, PhotoSampler, find_pairs, find_photos
 from derain_cli.engine.training import SCHEDULES
 from derain_cli.errors import UsageError
@@ -79,6 +81,7 @@ class FinetuneRequest:
     device: str = "auto"
     resume: bool = False
     restart: bool = False
+    guard: bool = True  # refuse a result that harms the photos more than its start (harm.py)
 
 
 def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable], out: Path, seed: int,
@@ -242,9 +245,43 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
         log(f"adapting {start} to {len(photos)} photos of {request.photos} ({request.algorithm}), "
             f"{len(pair_list)} synthetic pairs, on {trainer.device}; run folder {out}")
         summary = trainer.train(on_step=on_trainer(trainer) if on_trainer else None)
+    _harm_guard(request, f"{method}.{start_tag}", photos, Path(summary["checkpoint"]), out / "card.md", log)
     steps, hours = summary["steps"], summary["wall_time_s"] / 3600
     trained = (f"derain finetune-real --algorithm {request.algorithm} from {start} on {len(photos)} photos of "
                f"{request.photos}: {steps} steps, {summary['hardware']}, {hours:.2f} h")
     installed, kept = install_keeping(name, Path(summary["checkpoint"]), summary["sha256"], trained,
                                       (out / "card.md").read_text(encoding="utf-8"))
     return {**summary, "name": name, "installed": str(installed), "kept": kept}
+
+
+GUARD_PHOTOS = 8  # photos the harm guard derains with the start and the result
+
+
+def _harm_guard(request: FinetuneRequest, start: str, photos: PhotoSampler, checkpoint: Path, card: Path,
+                log: Callable[[str], None]) -> None:
+    """Compare the result with its start on some of the user's photos (derain_cli/harm.py) and
+    add the figures to the card; HarmfulResult when it darkens, shifts colour or blurs more
+    than the start does (unless ``request.guard`` is off)."""
+    from derain_cli.api import load
+    from derain_cli.errors import HarmfulResult
+    from derain_cli.harm import harm_added, on_photos
+
+    chosen = photos.images[:: max(1, len(photos) // GUARD_PHOTOS)][:GUARD_PHOTOS]
+    rgb = [image.permute(1, 2, 0).numpy().astype(np.float32) / 255 for image in chosen]
+    before, after = on_photos(rgb, load(start, request.weights, device=request.device, precision="fp32").run,
+                              load(start.split(".")[0], str(checkpoint), device=request.device, precision="fp32").run)
+
+    def figures(h) -> str:
+        return (f"whites {h.bright_shift:+.1f}, shadows {h.dark_shift:+.1f}, colour {h.colour_shift:.1f} levels; "
+                f"detail kept {h.detail_kept:.2f}; streaks left {h.streaks_left:.2f}")
+
+    added = harm_added(before, after)
+    verdict = ("no more harm than the start" if not added else
+               "MORE HARM than the start: " + ", ".join(added) + ("" if request.guard else " (saved: --no-guard)"))
+    with open(card, "a", encoding="utf-8") as f:
+        f.write(f"\nHarm check on {len(rgb)} of the photos (derain_cli/harm.py, over the start's rain mask):\n"
+                f"start {start}: {figures(before)}; result: {figures(after)}; {verdict}.\n")
+    log(f"harm check on {len(rgb)} photos: start {figures(before)}; result {figures(after)}")
+    if added and request.guard:
+        raise HarmfulResult(f"the adapted model harms your photos more than {start} does ({', '.join(added)}): "
+                            f"not saved; its weights stay in {checkpoint} (--no-guard saves such a result)")

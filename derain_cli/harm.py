@@ -84,3 +84,40 @@ def measure(rainy: np.ndarray, derained: np.ndarray, rain: np.ndarray) -> Harm:
         detail_kept=_mean(edges_after, clear) / max(_mean(edges_before, clear), 1e-12),
         streaks_left=_mean(texture_after, rain) / max(_mean(texture_before, rain), 1e-12) if rain.any() else float("nan"),
     )
+
+
+# An adaptation may remove more rain than its start, but not at these costs on the same photos:
+DARKER_LEVELS = 3.0  # bright or dark pixels outside the rain darker by this many more levels
+COLOUR_LEVELS = 2.0  # more colour shift outside the rain
+DETAIL_LOSS = 0.10  # relative loss of detail kept outside the rain
+
+
+def mean_harm(harms: list[Harm]) -> Harm:
+    """Field-wise mean over photos (photos without bright, dark or rain pixels left out)."""
+    return Harm(**{f: float(np.nanmean([getattr(h, f) for h in harms])) for f in Harm.__dataclass_fields__})
+
+
+def on_photos(photos: list[np.ndarray], start, candidate) -> tuple[Harm, Harm]:
+    """Mean harm of ``start`` and of ``candidate`` (``run``-like callables: float RGB in [0, 1]
+    -> {"image": ...}) on ``photos``, both over the rain mask of the start's output."""
+    starts, candidates = [], []
+    for rgb in photos:
+        before = start(rgb)["image"]
+        rain = removed_light_mask(rgb, before)
+        starts.append(measure(rgb, before, rain))
+        candidates.append(measure(rgb, candidate(rgb)["image"], rain))
+    return mean_harm(starts), mean_harm(candidates)
+
+
+def harm_added(start: Harm, candidate: Harm) -> list[str]:
+    """What ``candidate`` does worse than ``start`` beyond the tolerances above, in words."""
+    found = []
+    for field, label in (("bright_shift", "whites"), ("dark_shift", "shadows")):
+        darker = getattr(start, field) - getattr(candidate, field)
+        if darker > DARKER_LEVELS:
+            found.append(f"{label} {darker:.1f} levels darker")
+    if candidate.colour_shift - start.colour_shift > COLOUR_LEVELS:
+        found.append(f"colour shifted {candidate.colour_shift - start.colour_shift:.1f} levels more")
+    if candidate.detail_kept < start.detail_kept * (1 - DETAIL_LOSS):
+        found.append(f"{1 - candidate.detail_kept / start.detail_kept:.0%} less detail outside the rain")
+    return found

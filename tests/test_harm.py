@@ -59,3 +59,44 @@ def test_a_blur_of_known_size_loses_detail_in_order(sigma):
     kept = measure(rainy, blurred, rain).detail_kept
     sharper = measure(rainy, cv2.GaussianBlur(clean, (0, 0), sigma / 2), rain).detail_kept
     assert kept < sharper < 1.0 and kept < {1.0: 0.6, 2.0: 0.35}[sigma]
+
+
+def _photos_and_checkpoints(tmp_path, darken: float):
+    """PhotoSampler over rainy scenes; lpnet.rain100l's weights as they are and with every
+    output shifted down by ``darken`` (a result that darkens everything)."""
+    import torch
+    from PIL import Image
+
+    from derain_cli.data import PhotoSampler, find_photos
+    from derain_cli.engine.checkpoints import export_safetensors
+    from derain_cli.weights.loading import read_state_dict
+    from derain_cli.weights.resolve import resolve
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(add_rain(_scene(96), STYLES["heavy"], k, 2)).save(folder / f"p{k}.png")
+    state = read_state_dict(resolve("lpnet.rain100l").path)
+    same, darker = tmp_path / "same.safetensors", tmp_path / "darker.safetensors"
+    export_safetensors(state, same)
+    state = {k: v.clone() for k, v in state.items()}
+    state["subnets.0.output.bias"] -= darken  # the finest level's output: every pixel darker
+    export_safetensors({k: v.contiguous() for k, v in state.items()}, darker)
+    return PhotoSampler(find_photos(folder), 32, 2), same, darker
+
+
+def test_the_guard_refuses_a_result_that_darkens_and_passes_one_that_does_not(tmp_path):
+    from derain_cli.errors import HarmfulResult
+    from derain_cli.finetune import FinetuneRequest, _harm_guard
+
+    photos, same, darker = _photos_and_checkpoints(tmp_path, darken=0.08)
+    card = tmp_path / "card.md"
+    card.write_text("# card\n")
+    request = FinetuneRequest(photos=tmp_path / "photos", device="cpu")
+    _harm_guard(request, "lpnet.rain100l", photos, same, card, log=lambda m: None)
+    assert "no more harm than the start" in card.read_text()
+    with pytest.raises(HarmfulResult, match=r"harms your photos more than lpnet.rain100l does \(whites 2\d.\d levels darker"):
+        _harm_guard(request, "lpnet.rain100l", photos, darker, card, log=lambda m: None)
+    unguarded = FinetuneRequest(photos=tmp_path / "photos", device="cpu", guard=False)
+    _harm_guard(unguarded, "lpnet.rain100l", photos, darker, card, log=lambda m: None)
+    assert "MORE HARM than the start: whites" in card.read_text() and "(saved: --no-guard)" in card.read_text()

@@ -34,6 +34,7 @@ def finetune_real(
     seed: Annotated[int, typer.Option(help="Seed for patch sampling and synthesised rain.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress bar.")] = False,
+    guard: Annotated[bool, typer.Option("--guard/--no-guard", help="Refuse to save a result that darkens, shifts colour or blurs your photos more than its start does (measured on 8 of them).")] = True,
 ) -> None:
     """Adapt a method to the rain in your own photos (semi-supervised), saved as METHOD.TAG in
     your data directory ($DERAIN_DATA_DIR overrides); then `derain remove -m METHOD.TAG`.
@@ -56,7 +57,7 @@ def _run_folder(method: str, tag: str | None, photos: Path) -> Path:
 
 
 def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, raw_mixture_nll, val,
-                   val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet) -> None:
+                   val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet, guard) -> None:
     from derain_cli.cli.train import training_progress
     from derain_cli.errors import UsageError
     from derain_cli.finetune import FinetuneRequest, finetune_real as run
@@ -67,6 +68,7 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
         photos=photos, method=method, algorithm=algorithm, weights=weights, pairs=pairs, tag=tag, iterations=iterations,
         batch_size=batch_size, patch_size=patch_size, lr=lr, schedule=schedule, mixture_weight=mixture_weight, scale_free=not raw_mixture_nll, val=val, val_every=val_every,
         checkpoint_every=checkpoint_every, max_side=max_side, seed=seed, device=device, resume=resume, restart=restart,
+        guard=guard,
     )
     log = (lambda message: None) if quiet else say
     bars = []
