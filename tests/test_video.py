@@ -258,3 +258,14 @@ def test_odd_sized_video_is_padded_for_even_only_encoders_and_kept_by_the_others
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and f"{clip}: the libx264 encoder failed" in error[0] and "try --codec libvpx-vp9" in error[0]
     assert not (tmp_path / "raw.mp4").exists() and not list(tmp_path.glob(".*derain-tmp*"))
+
+
+def test_spanet_derains_a_clip_whole_frame_by_frame(tmp_path):
+    """spanet is never tiled: each frame runs whole, and the clip keeps its frames and timing."""
+    clip = tmp_path / "street.mp4"
+    make_clip(clip, frames=3, audio=False)
+    result = runner.invoke(app, ["remove", str(clip), "-m", "spanet.spa", "-o", str(tmp_path / "clean.mp4"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    before, after = probe(clip), probe(tmp_path / "clean.mp4")
+    assert len(after["frames"]) == len(before["frames"]) == 3 and after["pts"] == before["pts"]
+    assert after["frames"][0].shape == before["frames"][0].shape
