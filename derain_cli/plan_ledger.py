@@ -209,19 +209,39 @@ class Ledger:
 
 # -- processes -----------------------------------------------------------------------------
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system, reaped children included) of the live processes of a
-    process group, from /proc; 0 where /proc is not there."""
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
+def _proc_stats() -> dict[int, list[str]]:
+    """pid -> the fields of /proc/PID/stat after the name (state, ppid, pgrp, ...)."""
+    stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            stats[int(stat.parent.name)] = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError, ValueError):
             continue
-        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime cutime cstime
-            total += sum(int(f) for f in fields[11:15])
-    return total / tick
+    return stats
+
+
+def process_tree(root: int, stats: dict[int, list[str]] | None = None) -> list[int]:
+    """``root`` and its live descendants (torchrun starts each worker in a session of its own,
+    so a process group does not reach them)."""
+    stats = _proc_stats() if stats is None else stats
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system, reaped children included) of ``root``'s live process tree,
+    from /proc; 0 where /proc is not there."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats = _proc_stats()
+    # fields after the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    return sum(sum(int(f) for f in stats[pid][11:15]) for pid in process_tree(root, stats) if pid in stats) / tick
 
 
 def children_cpu_s() -> float:
@@ -231,16 +251,20 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _signal_group(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+def signal_tree(root: int, signum: int) -> None:
+    """``signum`` to ``root`` and every live descendant (children first for SIGSTOP: the
+    workers; the parent last, so it never sees a worker stop before being stopped itself)."""
+    for pid in reversed(process_tree(root)):
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class Child:
-    """A child process in a process group of its own (torchrun's workers included), its output
-    copied line by line to ``log``, its CPU time counted."""
+    """A child process (in a session of its own: a terminal's Ctrl-C reaches the runner, which
+    stops it cleanly), its output copied line by line to ``log``, its CPU time counted, signals
+    sent to its whole process tree (torchrun's workers included)."""
 
     def __init__(self, argv: list[str], env: dict | None, log: Callable[[str], None], prefix: str = "  ") -> None:
         self.cpu_before = children_cpu_s()
@@ -267,12 +291,12 @@ class Child:
 
     def running(self) -> bool:
         if self.proc.poll() is None:
-            self.live_cpu = max(self.live_cpu, group_cpu_s(self.pid))
+            self.live_cpu = max(self.live_cpu, tree_cpu_s(self.pid))
             return True
         return False
 
     def signal(self, signum: int) -> None:
-        _signal_group(self.pid, signum)
+        signal_tree(self.pid, signum)
 
     def wait(self) -> int:
         rc = self.proc.wait()
@@ -362,8 +386,8 @@ class LedgerRunner:
             self.log(f"{entry.name}: the plan's command changed since the ledger's run began; continuing it "
                      "(derain train refuses a change that resuming cannot honour)")
         step = self.ledger.restore(entry.name, folder)
-        self.log(f"{entry.name}: {'starting' if step < 0 else f'continuing from step {step:,}'} of "
-                 f"{planned_iterations(entry):,} (ledger {self.ledger.folder(entry.name)}, work folder {folder})")
+        self.log(f"{entry.name}: {'a new run' if step < 0 else f'continuing from step {step:,}'} of "
+                 f"{planned_iterations(entry):,} steps (ledger {self.ledger.folder(entry.name)}, work folder {folder})")
         if not self.prepare(entry):
             self.log(f"{entry.name}: preparing the data failed")
             return

@@ -211,3 +211,23 @@ def test_a_distilled_entry_keeps_the_teachers_outputs_out_of_the_ledger(tmp_path
     run_ledger(tmp_path, plan(4), tmp_path / "ledger", tmp_path / "work", said)
     assert any("continuing from step 2 of 4" in line for line in said)
     assert Ledger(tmp_path / "ledger").status("lpnet.tiny")["step"] == 4
+
+
+def test_signals_reach_workers_in_sessions_of_their_own(tmp_path):
+    """torchrun starts each worker in a session of its own: pause and stop go to the whole tree."""
+    from derain_cli.plan_ledger import process_tree, signal_tree
+
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+            "start_new_session=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    deadline = time.time() + 20
+    while time.time() < deadline and len(process_tree(parent.pid)) < 2:
+        time.sleep(0.1)
+    tree = process_tree(parent.pid)
+    assert len(tree) == 2 and os.getpgid(tree[1]) != os.getpgid(parent.pid)
+    signal_tree(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(tree[1]):
+        time.sleep(0.1)
+    assert not _alive(tree[1])
