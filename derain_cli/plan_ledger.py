@@ -331,6 +331,7 @@ class LedgerRunner:
         self.paused = False
         self.child: Child | None = None
         self.state: dict = {"phase": "starting", "paused": False}
+        self.overhead_cpu = 0.0  # seconds: layout measurement and teacher passes (not training)
 
     # -- control (from signal handlers: flags only; the supervising loop acts on them) -----
     def request_stop(self) -> None:
@@ -400,6 +401,8 @@ class LedgerRunner:
                    "from_step": max(step, 0), "to_step": max(step, 0), "cpu_hours": 0.0, "wall_hours": 0.0}
         status.setdefault("segments", []).append(segment)
         status.update(name=entry.name, command=entry.command, total=planned_iterations(entry))
+        status["overhead_cpu_hours"] = round(status.get("overhead_cpu_hours", 0) + self.overhead_cpu / 3600, 4)
+        self.overhead_cpu = 0.0
         base_cpu = sum(s["cpu_hours"] for s in status["segments"][:-1])
         base_wall = sum(s["wall_hours"] for s in status["segments"][:-1])
         account = {"status": status, "segment": segment, "base_cpu": base_cpu, "base_wall": base_wall, "cpu": 0.0,
@@ -556,7 +559,9 @@ class LedgerRunner:
         argv, env = Layout(1, usable_cpus()).wrap(
             [*argv, "-o", str(scratch), "--device", self.device, "--iterations", "1", "--val-split", "0"])
         self.log("$ " + shlex.join(argv))
-        rc = self._supervise(Child(argv, self._env(env), self.log), entry, None, {})
+        child = Child(argv, self._env(env), self.log)
+        rc = self._supervise(child, entry, None, {})
+        self.overhead_cpu += child.cpu_s()
         shutil.rmtree(scratch, ignore_errors=True)
         if rc != 0 and not self.stop_requested:
             self.log(f"{entry.name}: the teacher pass failed (exit {rc}); going on with the next entry")
@@ -584,6 +589,7 @@ class LedgerRunner:
         finally:
             child.signal(signal.SIGKILL)
             child.wait()
+            self.overhead_cpu += child.cpu_s()
             self.child = None
             shutil.rmtree(scratch, ignore_errors=True)
         timed = records[2:]

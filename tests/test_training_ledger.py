@@ -106,6 +106,7 @@ def test_the_layout_is_measured(tmp_path):
     assert layout in candidates and 0 < seconds < 5
     assert all(layout.label in runner.state["measured"] for layout in candidates)
     assert not (tmp_path / "work" / ".measure" / "lpnet.tiny").exists()  # scratch removed
+    assert runner.overhead_cpu > 0  # measuring is recorded apart from training
 
 
 def test_the_lock_is_single_and_a_stale_one_is_taken_over(tmp_path):
