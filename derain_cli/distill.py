@@ -11,6 +11,8 @@ teacher's sha256 and the size limit match, so a stopped run never pays for them 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,30 @@ def teacher_pairs(photos: list[Path], teacher: Teacher, derain: Callable[[], Cal
     if not pairs:
         raise UsageError(f"none of the {len(photos)} photos could be read")
     return pairs
+
+
+def _list_file(folder: Path) -> Path:
+    # one list per launch: torchrun gives every process of a launch the same run id
+    return folder / f".pairs-{os.environ.get('TORCHELASTIC_RUN_ID', 'single')}"
+
+
+def _announce(folder: Path, pairs: list[Pair]) -> None:
+    temp = folder / ".pairs.tmp"
+    temp.write_text("\n".join(p.rainy.name for p in pairs), encoding="utf-8")
+    os.replace(temp, _list_file(folder))
+
+
+def _announced(folder: Path, timeout_s: float = 6 * 3600) -> list[Pair]:
+    """The pairs process 0 made, once it lists them (it may take an hour of deraining)."""
+    listed = _list_file(folder)
+    waited = 0.0
+    while not listed.is_file():
+        if waited > timeout_s:
+            raise UsageError(f"waited {timeout_s / 3600:.0f} h for the teacher's outputs in {folder}: process 0 made none")
+        time.sleep(2.0)
+        waited += 2.0
+    names = listed.read_text(encoding="utf-8").split("\n")
+    return [Pair(folder / "rain" / n, folder / "norain" / n) for n in names]
 
 
 class DistillObjective(Objective):
@@ -122,8 +148,13 @@ def distill_objective(teacher_name: str, photos_dir: Path, labelled: list[Pair],
         raise UsageError(f"--pairs-share {pairs_share} of a batch of {batch_size} leaves no crop for DATA's pairs")
     resolved = resolve(teacher_name)
     teacher = Teacher(teacher_name, sha256_of(resolved.path))
-    pairs = teacher_pairs(find_photos(photos_dir), teacher, lambda: load(teacher_name, device=device).run,
-                          out / TEACHER_FOLDER, max_side, log, warn=lambda m: log(f"warning: {m}"))
+    folder = out / TEACHER_FOLDER
+    if int(os.environ.get("RANK", "0")) == 0:
+        pairs = teacher_pairs(find_photos(photos_dir), teacher, lambda: load(teacher_name, device=device).run,
+                              folder, max_side, log, warn=lambda m: log(f"warning: {m}"))
+        _announce(folder, pairs)
+    else:  # under torchrun one process derains the photos; the others wait for its list
+        pairs = _announced(folder)
     taught = PatchSampler(pairs, patch_size, batch_size - paired, seed)
     # a stream of its own for the labelled crops: never the seed of the taught ones
     extra = PatchSampler(labelled, patch_size, paired, seed + 7919) if paired else None
