@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/real_harm.py ../shared/data/real/internet -m lpnet.rain100l -m spanet.spa ...
       [--count 24] [--max-side 768] [--mask-from spanet.spa]
+(-m also takes METHOD=FILE, a run's weights before they ship.)
 
 Every --count-th photo of the folder (evenly spread, by name) is downscaled to --max-side and
 derained by each checkpoint. The rain mask of a photo is where --mask-from (a model trained on
@@ -62,7 +63,8 @@ def main() -> None:
           f"| Y-PSNR vs {args.mask_from} | s/MP |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.model:
-        model = load(name, device="cpu")
+        method, _, weights = name.partition("=")  # METHOD=FILE: a run's weights before they ship
+        model = load(method, weights=weights or None, device="cpu")
         start = time.perf_counter()
         outputs = [model.run(rgb)["image"] for rgb in photos]
         seconds = time.perf_counter() - start
