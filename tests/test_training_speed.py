@@ -173,7 +173,7 @@ def test_the_repository_plan_lists_every_shipped_checkpoint():
                if not name.endswith(".real") and ".authors-" not in name and name != "spanet.spa"}
     assert shipped <= {e.name for e in plan} and "prenet.rain100l" in {e.name for e in plan}
     # by value per CPU-hour: the distilled real-rain default, then the synthetic-rain default
-    assert [e.name for e in plan[:2]] == ["lpnet.distilled", "lpnet.rain100l"]
+    assert [e.name for e in plan[:2]] == ["lpnet.real", "lpnet.rain100l"]
     assert "--teacher spanet.spa --photos {data}/real/internet --init lpnet.rain100l" in plan[0].command
     for entry in plan:
         assert entry.command.startswith("derain train ") and f"-m {entry.method} " in entry.command
