@@ -7,8 +7,9 @@ recurrence along its row or column that starts at the image's edge::
 
 "right" starts at column 0, "left" at the last column, "down" at row 0, "up" at the last row.
 Here each recurrence runs once for all pixels at a time: sequential along the scanned axis,
-vectorised over everything else (one slice of the map per step). Written from the kernel's arithmetic; autograd
-gives the backward pass (the authors wrote theirs by hand in ``IRNN_Backward_cuda.cu``).
+vectorised over everything else (one slice of the map per step). Written from the kernel's
+arithmetic; autograd gives the backward pass (the authors wrote theirs by hand in
+``IRNN_Backward_cuda.cu``).
 """
 
 from __future__ import annotations
