@@ -29,7 +29,7 @@ TEACHER_FOLDER = "teacher"  # in the run folder: rain/ (the photos as trained on
 
 @dataclass(frozen=True)
 class Teacher:
-    name: str  # METHOD.TAG, or the file given with --teacher-weights
+    name: str  # METHOD.TAG
     sha256: str
 
 
