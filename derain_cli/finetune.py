@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from derain_cli.data import PatchSampler, PhotoSampler, find_pairs, find_photos
+from derain_cli.distill import TEACHER_FOLDER, distill_objective
 from derain_cli.engine.training import SCHEDULES
 from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec, get_method
@@ -35,6 +36,13 @@ class AlgorithmRecipe:
 
 
 ALGORITHMS = {
+    # learn a real-rain model's outputs on the user's own photos: the start moves towards the
+    # teacher where the photos need it (docs/real_rain.md); SIRR and moments darkened and blurred
+    "distill": AlgorithmRecipe(
+        lr=5e-4, schedule="cosine", batch_size=10, patch_size=80,
+        source="derain (docs/real_rain.md): the method's own loss against the teacher's outputs on the photos, "
+        "LPNet's batch and patch, Adam 5e-4 cosine from the start's weights",
+    ),
     "sirr": AlgorithmRecipe(
         lr=1e-3, schedule="steps", batch_size=20, patch_size=64,
         source="Wei et al. CVPR 2019 (authors' code): Adam 1e-3 decayed x0.1 after 1/3 and 2/3 of the run, "
@@ -62,7 +70,8 @@ class FinetuneRequest:
 
     photos: Path
     method: str = "lpnet"  # METHOD (its default checkpoint) or METHOD.TAG: where adaptation starts
-    algorithm: str = "sirr"
+    algorithm: str = "distill"
+    teacher: str = "spanet.spa"  # distill: the model whose outputs on the photos are learnt
     weights: str | None = None  # start from this file / hf:// URL instead of METHOD.TAG's checkpoint
     pairs: Path | None = None
     tag: str | None = None
@@ -152,6 +161,25 @@ def _check(request: FinetuneRequest) -> None:
         raise UsageError(f"--lr must be positive, got {request.lr}")
 
 
+def _labelled_pairs(request: FinetuneRequest, start: str, photos: PhotoSampler, out: Path,
+                    log: Callable[[str], None]) -> tuple[list, str]:
+    """The labelled pairs the semi-supervised algorithms mix in, and where they came from:
+    ``--pairs``, or rain synthesised on the start's derained photos (kept in the run folder)."""
+    from derain_cli.api import load
+    from derain_cli.weights.resolve import resolve, sha256_of
+
+    if request.pairs is not None:
+        return find_pairs(request.pairs), f"`{request.pairs}` (given with --pairs)"
+    method, start_tag = split_name(request.method)
+    start_sha = sha256_of(resolve(f"{method}.{start_tag}", request.weights).path)
+    signature = "\n".join([start, start_sha, str(request.seed), _photos_digest(photos)])
+    folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
+                              out / PAIRS_FOLDER, request.seed, signature, log)
+    pair_list = find_pairs(folder)
+    return pair_list, (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
+                       f"versions of the photos ({len(pair_list)} pairs)")
+
+
 def _photos_digest(photos: PhotoSampler) -> str:
     """sha256 of the photos as training sees them (names and downscaled pixels)."""
     digest = hashlib.sha256()
@@ -166,7 +194,7 @@ def _clear_run_keeping_pairs(out: Path) -> None:
     their signature (photos' pixels, starting weights' sha256, seed) matches, and they cost
     minutes to make (a run stopped before its first checkpoint would otherwise redo them)."""
     for entry in out.iterdir():
-        if entry.name == PAIRS_FOLDER and entry.is_dir():
+        if entry.name in (PAIRS_FOLDER, TEACHER_FOLDER) and entry.is_dir():
             continue
         if entry.is_dir():
             shutil.rmtree(entry)
@@ -183,7 +211,6 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     ``on_trainer(trainer)`` (optional) returns the per-step callback (a progress bar, say).
     Raises UsageError (DatasetError) for unusable input before any training starts.
     """
-    from derain_cli.api import load
     from derain_cli.engine.training import TrainConfig, Trainer
     from derain_cli.weights.user import check_installable, install_keeping, safe_tag
 
@@ -207,21 +234,15 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     patch_size = request.patch_size or recipe.patch_size
     photos = PhotoSampler(photo_files, patch_size, batch_size, request.seed, request.max_side, warn=warn or log)
 
-    if request.pairs is not None:
-        pair_source = f"`{request.pairs}` (given with --pairs)"
-        pair_list = find_pairs(request.pairs)
+    if request.algorithm == "distill":
+        objective = distill_objective(
+            request.teacher, request.photos, [], batch_size=batch_size, patch_size=patch_size, pairs_share=0.0,
+            max_side=request.max_side, seed=request.seed, out=out, device=request.device, log=log)
+        pair_list, pair_source = [], f"none: {request.teacher}'s outputs on the photos are the targets"
     else:
-        from derain_cli.weights.resolve import resolve, sha256_of
-
-        start_sha = sha256_of(resolve(f"{method}.{start_tag}", request.weights).path)
-        signature = "\n".join([start, start_sha, str(request.seed), _photos_digest(photos)])
-        folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
-                                  out / PAIRS_FOLDER, request.seed, signature, log)
-        pair_list = find_pairs(folder)
-        pair_source = (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
-                       f"versions of the photos ({len(pair_list)} pairs)")
-    pairs = PatchSampler(pair_list, patch_size, batch_size, request.seed)
-    objective = build_objective(spec, request.algorithm, pairs, photos, request.mixture_weight, request.scale_free)
+        pair_list, pair_source = _labelled_pairs(request, start, photos, out, log)
+        pairs = PatchSampler(pair_list, patch_size, batch_size, request.seed)
+        objective = build_objective(spec, request.algorithm, pairs, photos, request.mixture_weight, request.scale_free)
     skipped = len(photo_files) - len(photos)
     config = TrainConfig(
         method=method, data=str(request.photos), out=str(out), iterations=request.iterations,

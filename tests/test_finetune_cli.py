@@ -13,7 +13,7 @@ from test_adaptation import make_photos
 
 runner = CliRunner()
 TINY = ["--batch-size", "2", "--patch-size", "32", "--iterations", "2", "--checkpoint-every", "1", "--device", "cpu", "-q",
-        "--no-guard"]  # two steps of mechanics, not a result: the harm guard has its own tests (test_harm.py)
+        "--no-guard", "-a", "sirr"]  # two steps of mechanics, not a result: the harm guard has its own tests (test_harm.py)
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,7 @@ def test_adapts_lists_uses_and_removes_a_model(tmp_path):
     folder = tmp_path / "data/models/lpnet.my_rainy_photos"
     assert "saved as lpnet.my_rainy_photos" in result.output
     card = (folder / "card.md").read_text()
-    for expected in ("initialised from | lpnet.rain100l", "3 unlabeled photos", "synthesised", "SIRR", "sha256",
+    for expected in ("initialised from | lpnet.real", "3 unlabeled photos", "synthesised", "SIRR", "sha256",
                      "hardware", "wall time", "loss terms at the end | loss"):
         assert expected in card, expected
     pairs = tmp_path / "data/runs/finetune-real/lpnet.my_rainy_photos/pairs"
@@ -62,8 +62,8 @@ def test_moments_with_given_pairs_and_a_tag(tmp_path):
 
     photos = make_photos(tmp_path / "photos", n=3)
     pairs = make_dataset(tmp_path / "pairs", 3)
-    result = runner.invoke(app, ["finetune-real", str(photos), "-m", "msdn", "-a", "moments", "--pairs", str(pairs),
-                                 "--tag", "street", *TINY])
+    result = runner.invoke(app, ["finetune-real", str(photos), "-m", "msdn", "--pairs", str(pairs),
+                                 "--tag", "street", *TINY[:-1], "moments"])  # TINY ends with "-a", "sirr"
     assert result.exit_code == 0, result.output
     card = (tmp_path / "data/models/msdn.street/card.md").read_text()
     assert "given with --pairs" in card and "`transform`" in card
@@ -75,7 +75,7 @@ def test_moments_with_given_pairs_and_a_tag(tmp_path):
         ("empty", [], "no images"),
         ("small", ["--patch-size", "64"], "no usable photo of 3 (3 smaller than the 64px patch)"),
         ("photos", ["-m", "lpnt"], "unknown method 'lpnt'. Did you mean 'lpnet'?"),
-        ("photos", ["-a", "gmm"], "--algorithm must be one of sirr, supervised, moments"),
+        ("photos", ["-a", "gmm"], "--algorithm must be one of distill, sirr, supervised, moments"),
         ("photos", ["--tag", "rain100l"], "lpnet.rain100l is a checkpoint shipped with derain"),
         ("missing", [], "not a folder"),
     ],
@@ -91,6 +91,17 @@ def test_bad_input_gets_one_clear_line(tmp_path, setup, args, message):
     result = runner.invoke(app, ["finetune-real", str(folder), *TINY, *args])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
+
+
+def test_the_default_distils_spanet_into_the_start_on_your_photos(tmp_path):
+    photos = make_photos(tmp_path / "mine", n=2, size=(48, 56))
+    args = [a for a in TINY if a not in ("-a", "sirr")]
+    result = runner.invoke(app, ["finetune-real", str(photos), *args])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "data/models/lpnet.mine/card.md").read_text()
+    assert "finetune-real --algorithm distill" in card and "spanet.spa (sha256 102c9975" in card
+    assert "initialised from | lpnet.real" in card and "Harm check on 2 of the photos" in card
+    assert len(list((tmp_path / "data/runs/finetune-real/lpnet.mine/teacher/norain").glob("*.png"))) == 2
 
 
 def test_fewer_photos_than_the_batch_run(tmp_path):

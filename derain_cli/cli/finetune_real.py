@@ -14,7 +14,8 @@ from derain_cli.cli.train import kept_line, positive
 def finetune_real(
     photos: Annotated[Path, typer.Argument(help="Folder of your real rainy photos (no clean versions needed).", show_default=False)],
     method: Annotated[str, typer.Option("-m", "--method", help="Where adaptation starts: METHOD (its default checkpoint) or METHOD.TAG.")] = "lpnet",
-    algorithm: Annotated[str, typer.Option("-a", "--algorithm", help="sirr (Wei et al. 2019: rain mixture + TV), moments (Qiu et al. 2022: feature statistics matching), or supervised (the control: synthetic pairs only).")] = "sirr",
+    algorithm: Annotated[str, typer.Option("-a", "--algorithm", help="distill (learn --teacher's outputs on your photos; the default), sirr (Wei et al. 2019: rain mixture + TV), moments (Qiu et al. 2022: feature statistics matching), or supervised (the control: synthetic pairs only).")] = "distill",
+    teacher: Annotated[str, typer.Option(help="distill: the model whose outputs on your photos are learnt (METHOD.TAG).")] = "spanet.spa",
     tag: Annotated[str | None, typer.Option(help="Name the result METHOD.TAG. Default: the photo folder's name.")] = None,
     pairs: Annotated[Path | None, typer.Option(help="Labeled synthetic pairs (rain/ + norain/). Default: synthesised on the starting model's derained photos.")] = None,
     weights: Annotated[str | None, typer.Option("-w", "--weights", help="Start from this checkpoint file or hf:// URL instead of METHOD.TAG's.")] = None,
@@ -56,7 +57,7 @@ def _run_folder(method: str, tag: str | None, photos: Path) -> Path:
     return run_folder(check_installable(f"{split_name(method)[0]}.{safe_tag(tag or photos.resolve().name)}"))
 
 
-def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, raw_mixture_nll, val,
+def _finetune_real(photos, method, algorithm, teacher, tag, pairs, weights, iterations, batch_size, patch_size, lr, schedule, mixture_weight, raw_mixture_nll, val,
                    val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet, guard) -> None:
     from derain_cli.cli.train import training_progress
     from derain_cli.errors import UsageError
@@ -65,7 +66,7 @@ def _finetune_real(photos, method, algorithm, tag, pairs, weights, iterations, b
     if resume and restart:
         raise UsageError("--resume and --restart exclude each other")
     request = FinetuneRequest(
-        photos=photos, method=method, algorithm=algorithm, weights=weights, pairs=pairs, tag=tag, iterations=iterations,
+        photos=photos, method=method, algorithm=algorithm, teacher=teacher, weights=weights, pairs=pairs, tag=tag, iterations=iterations,
         batch_size=batch_size, patch_size=patch_size, lr=lr, schedule=schedule, mixture_weight=mixture_weight, scale_free=not raw_mixture_nll, val=val, val_every=val_every,
         checkpoint_every=checkpoint_every, max_side=max_side, seed=seed, device=device, resume=resume, restart=restart,
         guard=guard,
