@@ -70,6 +70,16 @@ def derain_argv(command: str, data: Path, work: Path) -> list[str]:
     return [sys.executable, "-m", "derain_cli", *words[1:]]
 
 
+def preparation(entry: PlanEntry, data: Path, work: Path) -> list[str] | None:
+    """The command that makes the entry's data (``prepare``), or None when it has none or its
+    output folder already holds files (made once per work folder)."""
+    if not entry.prepare:
+        return None
+    argv = derain_argv(entry.prepare, data, work)
+    made = Path(_option(argv, "-o") or _option(argv, "--out") or "")
+    return None if made.is_dir() and any(made.iterdir()) else argv
+
+
 def _option(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
@@ -137,13 +147,8 @@ class PlanRunner:
                 return child.wait()
 
     def prepare(self, entry: PlanEntry) -> bool:
-        if not entry.prepare:
-            return True
-        argv = derain_argv(entry.prepare, self.data_root, self.work)
-        made = Path(_option(argv, "-o") or _option(argv, "--out") or "")
-        if made.is_dir() and any(made.iterdir()):
-            return True
-        return self._child(argv, self.left()) == 0
+        argv = preparation(entry, self.data_root, self.work)
+        return argv is None or self._child(argv, self.left()) == 0
 
     def train(self, entry: PlanEntry) -> None:
         state = RunState(self.run_folder(entry))

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from derain_cli.plan import PlanEntry, _option, beats_shipped, derain_argv
+from derain_cli.plan import PlanEntry, _option, beats_shipped, derain_argv, preparation
 
 KEPT = ("last.pth", "best.safetensors", "log.jsonl")  # what exact resumption needs
 STATUS = "status.json"
@@ -370,11 +370,8 @@ class LedgerRunner:
 
     def prepare(self, entry: PlanEntry) -> bool:
         """The entry's data-making command (``prepare``), once per work folder."""
-        if not entry.prepare:
-            return True
-        argv = derain_argv(entry.prepare, self.data_root, self.work)
-        made = Path(_option(argv, "-o") or _option(argv, "--out") or "")
-        if made.is_dir() and any(made.iterdir()):
+        argv = preparation(entry, self.data_root, self.work)
+        if argv is None:
             return True
         self._set(phase="preparing data", entry=entry.name)
         child = Child(argv, self._env(dict(os.environ)), self.log)
