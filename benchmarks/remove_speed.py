@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -107,7 +106,6 @@ def measure(method: str, source: Path, width: int, height: int, tile: int | None
         command += ["--weights", str(Path(tmp, "random.safetensors"))]
     rows = []
     process_s, _ = best_of(repeat, lambda: subprocess.run(command, check=True))
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
     rows.append(("whole process (start-up, decode, derain, encode)", process_s, megapixels))
     image = np.asarray(Image.open(source).convert("RGB"))
     engine.run(image[:300, :300])  # warm-up
@@ -122,7 +120,7 @@ def measure(method: str, source: Path, width: int, height: int, tile: int | None
     bound = conv / flops / 1e6
     print(f"{conv_width}-channel 3x3 conv: {conv / 1e9:.1f} GFLOP/s -> bound {bound:.3f} MP/s for {method}")
     where = f"{engine.tile}px tiles" if spec.tileable else "whole picture (not tileable)"
-    print(f"picture {width}x{height} ({megapixels:.1f} MP), {where}, fp32; peak RSS of the children so far {peak_mb:.0f} MB")
+    print(f"picture {width}x{height} ({megapixels:.1f} MP), {where}, fp32")
     for name, seconds, mp in rows:
         print(f"  {name:52s} {seconds:7.2f} s  {mp / seconds:6.3f} MP/s  {mp / seconds / bound:5.2f} of the bound")
 
