@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 all done, 1 some inputs failed, 2 usage error, "
-    "3 weights unavailable or failed verification, 130 interrupted.",
+    "3 weights unavailable or failed verification, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).",
 )
 app.command("remove", no_args_is_help=True)(remove.remove)
 app.command("train", no_args_is_help=True)(train.train)

@@ -70,7 +70,7 @@ def remove(
     """Remove rain from images and videos. Never overwrites inputs; a bad file is reported and skipped.
 
     Exit codes: 0 all done, 1 some inputs failed, 2 usage error,
-    3 weights unavailable or failed verification, 130 interrupted.
+    3 weights unavailable or failed verification, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
     with exit_codes():
         code = _remove(**locals())
