@@ -168,7 +168,7 @@ def test_published_benchmark_runs_the_authors_weights_beside_ours(github, tmp_pa
     from test_training import make_dataset
 
     data = make_dataset(tmp_path / "rain100l/test", 1)
-    result = runner.invoke(app, ["benchmark", str(data), "-m", "lpnet", "--published", "--device", "cpu"])
+    result = runner.invoke(app, ["benchmark", str(data), "-m", "lpnet.rain100l", "--published", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     rows = [line for line in result.stdout.splitlines() if "rain100l" in line]
     assert any("lpnet.rain100l" in r for r in rows) and any("prenet.authors-rain100l" in r and "37.48" in r for r in rows)
