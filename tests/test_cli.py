@@ -271,9 +271,9 @@ def test_tile_help_names_each_methods_default_as_the_docs_do():
 
     from derain_cli.cli.remove import _default_tiles
 
-    assert _default_tiles() == "lpnet 2048, prenet 1024, others 512"
+    assert _default_tiles() == "lpnet 2048, lpnet-wide 2048, prenet 1024, others 512"
     usage = (Path(__file__).parents[1] / "docs/usage.md").read_text()
-    assert "2048 for `lpnet`, 1024 for `prenet`, 512 for the\n  others" in usage
+    assert "2048 for `lpnet` and `lpnet-wide`, 1024 for `prenet`,\n  512 for the others" in usage
 
 
 def test_read_only_output_folder_is_found_before_any_picture_runs(tmp_path, write_picture, lpnet_checkpoint, monkeypatch):
