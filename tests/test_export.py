@@ -109,9 +109,9 @@ def test_onnx_metadata_round_trips(onnx_exports, onnx_runtime):
 
 def test_cli_export_then_remove_with_the_onnx_file_equals_pytorch(tmp_path, onnx_runtime):
     model = tmp_path / "models" / "lpnet.onnx"
-    result = derain("export", "lpnet", "-o", model)  # the shipped lpnet.rain100l
+    result = derain("export", "lpnet", "-o", model)  # the shipped default, lpnet.real
     assert result.exit_code == 0, result.output
-    assert "lpnet.rain100l" in result.output and model.is_file()
+    assert "lpnet.real" in result.output and model.is_file()
     assert [p.name for p in model.parent.iterdir()] == ["lpnet.onnx"]  # no temporary left behind
     picture = tmp_path / "rain.png"
     Image.fromarray(rainy_picture(240, 260, seed=2)).save(picture)

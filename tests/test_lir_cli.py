@@ -201,8 +201,9 @@ def test_paired_training_saves_your_model_but_never_a_shipped_name(tmp_path):
     args = ["--iterations", "1", "--batch-size", "2", "--patch-size", "32", "--val-split", "0", "--device", "cpu"]
     mine = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "a"), "--tag", "mine", *args])
     assert mine.exit_code == 0 and "saved as your model lpnet.mine" in mine.output, mine.output
-    again = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "b"), "--tag", "mine", *args])
-    assert "replacing your earlier one" in again.output
+    again = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "b"), "--tag", "mine", "--seed", "1",
+                                *args])  # other weights: the earlier model is kept aside, and said so
+    assert "your earlier lpnet.mine is kept as lpnet.mine-" in " ".join(again.output.split()), again.output
     listed = runner.invoke(app, ["models", "list"])
     assert "lpnet.mine" in listed.output
     shipped = runner.invoke(app, ["train", str(data), "-m", "lpnet", "-o", str(tmp_path / "c"), "--tag", "rain100l",

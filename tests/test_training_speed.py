@@ -129,8 +129,8 @@ def test_resume_with_device_patches_and_a_time_budget_is_exact(tmp_path):
     straight = trainer("straight")
     straight.train()
     stopped = trainer("stopped")
-    clock = iter([False, False, False, True])  # the budget ends before the fourth step
-    stopped._time_is_up = lambda stop_at: next(clock)
+    clock = iter([None, None, None, "time"])  # the budget ends before the fourth step
+    stopped._stop_reason = lambda stop_at: next(clock)
     summary = stopped.train(stop_at=0.0)
     assert summary["steps"] == 3 and not summary["complete"]
     assert "of 6 planned" in (tmp_path / "stopped" / "card.md").read_text()
@@ -145,6 +145,7 @@ def test_train_cli_precision_and_minutes(tmp_path):
     from typer.testing import CliRunner
 
     from derain_cli.cli import app
+    from derain_cli.engine.device import cpu_has_native_bf16
 
     make_dataset(tmp_path / "data")
     args = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--iterations", "100000", "--batch-size", "2",
@@ -152,10 +153,12 @@ def test_train_cli_precision_and_minutes(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run/summary.json").read_text())
-    assert 0 < summary["steps"] < 100000 and summary["precision"] == "fp32" and not summary["complete"]
+    auto = "bf16" if cpu_has_native_bf16() else "fp32"  # lpnet's bf16 training is measured safe
+    assert 0 < summary["steps"] < 100000 and summary["precision"] == auto and not summary["complete"]
     state = torch.load(tmp_path / "run/last.pth", weights_only=True)
     assert state["step"] == summary["steps"] and state["config"]["sampler"] == "device"
-    assert "| precision | fp32 (asked: auto) |" in (tmp_path / "run/card.md").read_text()
+    ran = "fp32" if auto == "fp32" else "bf16 autocast (weights and optimizer fp32)"
+    assert f"| precision | {ran} (asked: auto) |" in (tmp_path / "run/card.md").read_text()
     refused = CliRunner().invoke(app, [*args[:3], str(tmp_path / "run2"), *args[4:], "--precision", "fp16"])
     assert refused.exit_code == 2 and "CUDA only" in refused.output
 

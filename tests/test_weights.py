@@ -132,7 +132,7 @@ def test_a_source_must_be_one_pinned_location(manifest, source, message):
 
 
 def test_names_resolve_to_default_tags():
-    assert split_name("lpnet") == ("lpnet", "rain100l")
+    assert split_name("lpnet") == ("lpnet", "real")  # the default: distilled for real rain (docs/real_rain.md)
     assert split_name("lpnet.rain100h") == ("lpnet", "rain100h")
     with pytest.raises(UsageError, match="unknown method"):
         split_name("jordan.rain100h")
@@ -146,8 +146,8 @@ def test_malformed_manifest_is_refused(manifest):
 
 def test_bundled_file_is_found_and_verified(manifest, tmp_path):
     bundled = manifest("")
-    ckpt = make_checkpoint("lpnet", bundled / "lpnet_rain100l.safetensors")
-    manifest(f'[lpnet.rain100l]\nfile = "lpnet_rain100l.safetensors"\nsha256 = "{_sha(ckpt)}"\n')
+    ckpt = make_checkpoint("lpnet", bundled / "lpnet_real.safetensors")
+    manifest(f'[lpnet.real]\nfile = "lpnet_real.safetensors"\nsha256 = "{_sha(ckpt)}"\n')
     resolved = resolve("lpnet")
     assert resolved.source == "bundled" and resolved.path == ckpt
     ckpt.write_bytes(ckpt.read_bytes() + b"tampered")
@@ -157,7 +157,7 @@ def test_bundled_file_is_found_and_verified(manifest, tmp_path):
 
 def test_missing_checkpoint_says_what_to_do(manifest):
     manifest("")
-    with pytest.raises(WeightsError, match=r"no checkpoint 'lpnet.rain100l'.*--weights PATH"):
+    with pytest.raises(WeightsError, match=r"no checkpoint 'lpnet.real'.*--weights PATH"):
         resolve("lpnet")  # the method's default is not available: weights unavailable (exit 3)
     with pytest.raises(UsageError, match=r"no checkpoint 'lpnet.nosuch'.*--weights PATH"):
         resolve("lpnet.nosuch")  # a name the user spelled out: a usage error (exit 2), like an unknown method
