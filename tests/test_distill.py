@@ -115,3 +115,27 @@ def test_cli_refuses_half_a_distillation(tmp_path, extra, message):
     extra = [str(tmp_path / "photos") if a == "PHOTOS" else a for a in extra]
     result = CliRunner().invoke(app, ["train", "-o", str(tmp_path / "run"), *extra])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.slow
+def test_distillation_under_torchrun_matches_one_process(tmp_path):
+    """Two gloo processes: process 0 derains the photos, the other waits for its list; the run
+    ends where one process with the full batch ends."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    _photos(tmp_path / "photos")
+    common = ["-m", "lpnet", "--teacher", TEACHER, "--photos", str(tmp_path / "photos"), "--iterations", "3",
+              "--batch-size", "4", "--patch-size", "32", "--val-every", "3", "--precision", "fp32", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DERAIN_DATA_DIR": str(tmp_path / "data")}
+    subprocess.run([sys.executable, "-m", "derain_cli", "train", "-o", str(tmp_path / "one"), *common, "--tag", "one"],
+                   check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "derain_cli", "train", "-o", str(tmp_path / "two"), *common, "--tag", "two"],
+                   check=True, env=env, timeout=300)
+    one, two = (load_file(str(tmp_path / d / "final.safetensors")) for d in ("one", "two"))
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
+    assert len(list((tmp_path / "two" / TEACHER_FOLDER / "norain").glob("*.png"))) == 3
