@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from derain_cli.engine.blocks import plain_paths
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.kernels.blocks import plain_paths
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.methods import get_method
 from remove_speed import best_of  # beside this script
 

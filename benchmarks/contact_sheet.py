@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from derain_cli.api import load
-from derain_cli.data import find_photos, shrink
-from derain_cli.io import read_image
+from derain_cli.data.pairs import find_photos, shrink
+from derain_cli.media.images import read_image
 
 
 def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:

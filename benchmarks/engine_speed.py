@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.methods import get_method
 
 

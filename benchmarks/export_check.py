@@ -27,7 +27,7 @@ from PIL import Image
 
 from derain_cli.api import load
 from derain_cli.errors import WeightsError
-from derain_cli.export import export_model
+from derain_cli.export.exporter import export_model
 from derain_cli.methods import list_methods
 from derain_cli.weights.resolve import resolve
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from derain_cli.data import find_pairs
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.data.pairs import find_pairs
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.methods import get_method
 from derain_cli.methods.lpnet import LPNet, state_dict_from_tensorflow
-from derain_cli.metrics import psnr, ssim
+from derain_cli.evaluation.metrics import psnr, ssim
 
 AUTHORS = {"rain100l": (33.42, 0.9588), "rain100h": (23.40, 0.8218)}
 

@@ -7,7 +7,7 @@ Usage:
 
 Every --count-th photo of the folder (evenly spread, by name) is downscaled to --max-side and
 derained by each checkpoint. The rain mask of a photo is where --mask-from (a model trained on
-real rain) removed light (derain_cli/harm.py), the same mask for every checkpoint, so their
+real rain) removed light (derain_cli/evaluation/harm.py), the same mask for every checkpoint, so their
 measures compare: tone shift of bright and dark pixels and colour shift outside the rain
 (8-bit levels; negative darkens), detail kept outside the rain (1 = every edge kept, below 1
 blurs), streak texture left inside the rain (1 = all left, 0 = all removed). The mask model's
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from derain_cli.api import load
-from derain_cli.data import find_photos, shrink
-from derain_cli.harm import measure, removed_light_mask
-from derain_cli.io import read_image
-from derain_cli.metrics import psnr
+from derain_cli.data.pairs import find_photos, shrink
+from derain_cli.evaluation.harm import measure, removed_light_mask
+from derain_cli.media.images import read_image
+from derain_cli.evaluation.metrics import psnr
 
 
 def _tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from derain_cli.engine.blocks import plain_paths
-from derain_cli.engine.checkpoints import export_safetensors
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.kernels.blocks import plain_paths
+from derain_cli.inference.checkpoints import export_safetensors
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.methods import get_method
 from derain_cli.weights.resolve import available_entries
 

@@ -51,8 +51,8 @@ def ledger_main(argv: list[str]) -> int:
     import signal
     import subprocess
 
-    from derain_cli.plan import load_plan, select
-    from derain_cli.plan_ledger import (CHECKPOINT_S, MEASURE_S, SEGMENT_MIN, STOP_WAIT_S, Layout, Ledger,
+    from planning.plan import load_plan, select
+    from planning.ledger import (CHECKPOINT_S, MEASURE_S, SEGMENT_MIN, STOP_WAIT_S, Layout, Ledger,
                                         LedgerRunner, RunnerLock, now_iso, status_report)
     from derain_cli.weights.resolve import cache_dir
 
@@ -170,8 +170,8 @@ def ledger_main(argv: list[str]) -> int:
 
 
 def budget_main() -> int:
-    from derain_cli.plan import PlanRunner, export, import_runs, load_plan, report, select
-    from derain_cli.plan_stage import is_staged, stage, unstage
+    from planning.plan import PlanRunner, export, import_runs, load_plan, report, select
+    from planning.stage import is_staged, stage, unstage
     from derain_cli.weights.user import runs_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from derain_cli.api import load
-from derain_cli.engine.inference import InferenceEngine
-from derain_cli.io import read_image
+from derain_cli.inference.engine import InferenceEngine
+from derain_cli.media.images import read_image
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import argparse
 import cv2
 import numpy as np
 
-from derain_cli.data import find_pairs, load_pair
+from derain_cli.data.pairs import find_pairs, load_pair
 
 
 def residual_statistics(root: str, limit: int) -> dict[str, float]:

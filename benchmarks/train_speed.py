@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from derain_cli.data import PatchSampler
-from derain_cli.engine.amp import autocast
-from derain_cli.engine.objectives import SupervisedObjective
-from derain_cli.engine.patches import DevicePatchSampler, PairBank
-from derain_cli.engine.training import TrainConfig, Trainer
+from derain_cli.data.pairs import PatchSampler
+from derain_cli.inference.precision import autocast
+from derain_cli.training.objectives.base import SupervisedObjective
+from derain_cli.data.device_patches import DevicePatchSampler, PairBank
+from derain_cli.training.trainer import TrainConfig, Trainer
 from derain_cli.methods import get_method, list_methods
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from derain_cli.data import find_pairs
-from derain_cli.engine.training import split_pairs
-from derain_cli.unpaired import unpaired_halves
+from derain_cli.data.pairs import find_pairs
+from derain_cli.training.trainer import split_pairs
+from derain_cli.training.objectives.unpaired import unpaired_halves
 
 
 def split(source: Path, out: Path) -> dict[str, int]:

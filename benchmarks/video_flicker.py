@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 from derain_cli.api import load
-from derain_cli.metrics import score_uint8
-from derain_cli.synth import STYLES, add_rain
-from derain_cli.video import VideoOptions, derain_video
+from derain_cli.evaluation.metrics import score_uint8
+from derain_cli.data.synth import STYLES, add_rain
+from derain_cli.media.video import VideoOptions, derain_video
 
 SCENE = Path(__file__).resolve().parents[2] / "shared/data/rain100l/test/norain/norain-1.png"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from derain_cli.video import derain_video
+from derain_cli.media.video import derain_video
 
 
 def write_clip(path: Path, frames: int) -> None:

@@ -10,19 +10,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from derain_cli.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs, run_videos
-from derain_cli.engine.checkpoints import build_network
-from derain_cli.engine.inference import InferenceEngine
-from derain_cli.engine.tiling import check_tile
+from derain_cli.media.batch import FileResult, OutputOptions, collect_inputs, plan_jobs, run_jobs, run_videos
+from derain_cli.inference.engine import InferenceEngine
+from derain_cli.inference.loading import DEFAULT_METHOD, load_engine
+from derain_cli.inference.tiling import check_tile
 from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec, get_method
-from derain_cli.onnx_runner import is_onnx_weights
-from derain_cli.video import is_video
+from derain_cli.export.onnx_runner import is_onnx_weights
+from derain_cli.media.video import is_video
 from derain_cli.weights.manifest import split_name
 from derain_cli.weights.resolve import ResolvedWeights, resolve
-
-DEFAULT_METHOD = "lpnet"
-
 
 class Restorer:
     """A method with its weights on a device, ready to derain pictures of any size."""
@@ -99,27 +96,22 @@ def load(
     """
     if weights and is_onnx_weights(weights):
         return _load_onnx(method, weights, device, precision, tile, offline, log)
-    method = method or DEFAULT_METHOD
-    spec = get_method(split_name(method)[0])
-    check_tile(spec, tile)
-    resolved = resolve(method, weights, offline)
-    model = build_network(spec, resolved)
-    engine = InferenceEngine(model, spec, device=device, precision=precision, tile=tile, log=log)
-    return Restorer(spec, engine, resolved)
+    engine, resolved = load_engine(method, weights, device, precision, tile, offline, log)
+    return Restorer(engine.spec, engine, resolved)
 
 
 def method_spec(method: str | None = None, weights: str | None = None) -> MethodSpec:
     """The method ``load(method, weights)`` runs, without loading it: an ONNX export's own
     method (read from the file), else ``method`` (default lpnet)."""
     if weights and is_onnx_weights(weights) and not weights.startswith("hf://"):
-        from derain_cli.onnx_runner import onnx_spec
+        from derain_cli.export.onnx_runner import onnx_spec
 
         return onnx_spec(method, weights)
     return get_method(split_name(method or DEFAULT_METHOD)[0])
 
 
 def _load_onnx(method, weights, device, precision, tile, offline, log) -> Restorer:
-    from derain_cli.onnx_runner import fitting_tile, open_export
+    from derain_cli.export.onnx_runner import fitting_tile, open_export
 
     if precision not in ("auto", "fp32"):
         raise UsageError(f"--precision {precision}: an ONNX model runs in float32 (fp32)")

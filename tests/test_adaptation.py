@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from derain_cli.adaptation import FeatureTap, MomentsObjective, SIRRObjective
-from derain_cli.data import DatasetError, PatchSampler, PhotoSampler, find_pairs, find_photos
-from derain_cli.engine.training import TrainConfig, Trainer
-from derain_cli.losses import ZeroMeanMixture, gaussian_kl, mixture_nll, moment_distances, total_variation
+from derain_cli.training.objectives.adaptation import FeatureTap, MomentsObjective, SIRRObjective
+from derain_cli.data.pairs import DatasetError, PatchSampler, PhotoSampler, find_pairs, find_photos
+from derain_cli.training.trainer import TrainConfig, Trainer
+from derain_cli.training.losses import ZeroMeanMixture, gaussian_kl, mixture_nll, moment_distances, total_variation
 from derain_cli.methods import get_method, list_methods
 
 from conftest import rainy_picture
@@ -139,7 +139,7 @@ def test_a_short_run_lowers_the_objective(tmp_path, algorithm):
 
 
 def test_every_sirr_term_reaches_the_network_and_em_runs_on_every_batch(tmp_path):
-    from derain_cli.adaptation import SIRRWeights
+    from derain_cli.training.objectives.adaptation import SIRRWeights
 
     trainer = semi_supervised(tmp_path, "sirr", 1, "run")
     objective, net = trainer.objective, trainer.net

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import derain_cli
-from derain_cli.batch import OutputOptions
+from derain_cli.media.batch import OutputOptions
 
 from conftest import rainy_picture
 

@@ -157,7 +157,7 @@ def test_models_list_prints_its_table_to_stdout_and_says_no_licence():
 
 
 def test_published_benchmark_adds_the_authors_checkpoint_for_each_data_set(tmp_path):
-    from derain_cli.benchmark import authors_checkpoints
+    from derain_cli.evaluation.benchmark import authors_checkpoints
 
     sets = [tmp_path / "rain100h/test", tmp_path / "mine", tmp_path / "Rain100L"]
     assert authors_checkpoints(sets) == {"prenet.authors-rain100l": [sets[2]], "prenet.authors-rain100h": [sets[0]]}

@@ -127,7 +127,7 @@ def test_exit_codes_for_usage_and_weights_errors(write_picture, tmp_path):
 
 
 def test_interrupt_exits_130(write_picture, lpnet_checkpoint, monkeypatch):
-    import derain_cli.batch as batch
+    import derain_cli.media.batch as batch
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -206,7 +206,7 @@ def test_rerun_with_outputs_beside_inputs_does_nothing_new(tmp_path, write_pictu
 
 
 def test_masks_and_custom_suffix_outputs_beside_inputs_are_not_inputs(tmp_path, write_picture):
-    from derain_cli.batch import OWN_OUTPUT, collect_inputs
+    from derain_cli.media.batch import OWN_OUTPUT, collect_inputs
 
     for name in ("a.jpg", "a_derained.webp", "a_derained_mask.png", "b.png", "b_clean.png", "c_clean.png"):
         write_picture(f"in/{name}")
@@ -247,7 +247,7 @@ def test_non_finite_weights_are_refused_at_load_and_a_non_finite_output_fails_th
 
 
 def test_tile_below_the_methods_minimum_or_negative_is_refused_before_any_work(write_picture, lpnet_checkpoint):
-    from derain_cli.engine.tiling import smallest_tile
+    from derain_cli.inference.tiling import smallest_tile
     from derain_cli.methods import get_method
 
     src = write_picture()
@@ -279,8 +279,8 @@ def test_tile_help_names_each_methods_default_as_the_docs_do():
 def test_read_only_output_folder_is_found_before_any_picture_runs(tmp_path, write_picture, lpnet_checkpoint, monkeypatch):
     import os
 
-    import derain_cli.batch as batch
-    import derain_cli.io as io
+    import derain_cli.media.batch as batch
+    import derain_cli.media.images as io
 
     write_picture("in/a.png")
     write_picture("in/b.png")
@@ -307,7 +307,7 @@ def test_a_write_that_cannot_make_its_temporary_names_the_folder(tmp_path, monke
     import pytest
 
     from derain_cli.errors import ImageError
-    from derain_cli.io import Picture, write_image
+    from derain_cli.media.images import Picture, write_image
 
     def refused(**kwargs):
         raise PermissionError(13, "Permission denied", str(Path(kwargs["dir"]) / ".a.x1y2z3w4.derain-tmp.png"))

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derain_cli.engine import blocks, fused
-from derain_cli.engine.blocks import blocking_applies, run_in_blocks
-from derain_cli.engine.fused import conv_act, fusion_applies
-from derain_cli.engine.inference import InferenceEngine
-from derain_cli.engine.tiling import balanced_tile, tile_starts
+from derain_cli.kernels import blocks, fused
+from derain_cli.kernels.blocks import blocking_applies, run_in_blocks
+from derain_cli.kernels.fused import conv_act, fusion_applies
+from derain_cli.inference.engine import InferenceEngine
+from derain_cli.inference.tiling import balanced_tile, tile_starts
 from derain_cli.methods import get_method
 
 

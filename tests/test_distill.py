@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 import derain_cli
 from derain_cli.cli import app
-from derain_cli.distill import TEACHER_FOLDER, distill_objective
-from derain_cli.engine.training import TrainConfig, Trainer
+from derain_cli.training.objectives.distill import TEACHER_FOLDER, distill_objective
+from derain_cli.training.trainer import TrainConfig, Trainer
 from derain_cli.errors import UsageError
 from derain_cli.methods import get_method
 

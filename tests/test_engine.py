@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from derain_cli.engine.device import pick_device, pick_dtype
-from derain_cli.engine.inference import InferenceEngine
-from derain_cli.engine.tiling import aligned_size, ramp, tile_starts
+from derain_cli.inference.device import pick_device, pick_dtype
+from derain_cli.inference.engine import InferenceEngine
+from derain_cli.inference.tiling import aligned_size, ramp, tile_starts
 from derain_cli.errors import ImageError, UsageError
 from derain_cli.methods import MethodSpec
 

@@ -17,8 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from derain_cli.cli import app
-from derain_cli.engine.tiling import aligned_size
-from derain_cli.export import INPUT_NAME, TOLERANCE, ExportMetadata, export_model, read_torchscript_metadata
+from derain_cli.inference.tiling import aligned_size
+from derain_cli.export.exporter import INPUT_NAME, TOLERANCE, ExportMetadata, export_model, read_torchscript_metadata
 from derain_cli.methods import list_methods
 from derain_cli.weights.loading import load_into, read_state_dict
 

@@ -119,7 +119,7 @@ def test_unreadable_photos_are_named_and_skipped(tmp_path):
 
 
 def test_ctrl_c_exits_130_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    from derain_cli.engine.training import Trainer
+    from derain_cli.training.trainer import Trainer
 
     photos = make_photos(tmp_path / "photos", n=3)
     original = Trainer.train
@@ -146,7 +146,7 @@ def test_sigint_before_the_first_checkpoint_writes_one_and_says_where(tmp_path, 
     import os
     import signal
 
-    from derain_cli.engine.training import Trainer
+    from derain_cli.training.trainer import Trainer
 
     photos = make_photos(tmp_path / "photos", n=3)
     original = Trainer.train
@@ -232,7 +232,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 def test_synthesised_pairs_are_reused_only_for_the_same_photos_and_start(tmp_path, monkeypatch):
     import safetensors.torch
 
-    import derain_cli.synth as synth
+    import derain_cli.data.synth as synth
     from derain_cli.weights.resolve import resolve
 
     photos = make_photos(tmp_path / "photos", n=3)

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from derain_cli.harm import BRIGHT, measure, removed_light_mask
-from derain_cli.synth import STYLES, add_rain
+from derain_cli.evaluation.harm import BRIGHT, measure, removed_light_mask
+from derain_cli.data.synth import STYLES, add_rain
 
 
 def _scene(size: int = 160) -> np.ndarray:
@@ -67,8 +67,8 @@ def _photos_and_checkpoints(tmp_path, darken: float):
     import torch
     from PIL import Image
 
-    from derain_cli.data import PhotoSampler, find_photos
-    from derain_cli.engine.checkpoints import export_safetensors
+    from derain_cli.data.pairs import PhotoSampler, find_photos
+    from derain_cli.inference.checkpoints import export_safetensors
     from derain_cli.weights.loading import read_state_dict
     from derain_cli.weights.resolve import resolve
 
@@ -87,7 +87,7 @@ def _photos_and_checkpoints(tmp_path, darken: float):
 
 def test_the_guard_refuses_a_result_that_darkens_and_passes_one_that_does_not(tmp_path):
     from derain_cli.errors import HarmfulResult
-    from derain_cli.finetune import FinetuneRequest, _harm_guard
+    from derain_cli.training.finetune import FinetuneRequest, _harm_guard
 
     photos, same, darker = _photos_and_checkpoints(tmp_path, darken=0.08)
     card = tmp_path / "card.md"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from derain_cli.errors import ImageError
-from derain_cli.io import Picture, read_image, write_image
+from derain_cli.media.images import Picture, read_image, write_image
 
 from conftest import rainy_picture
 

@@ -93,7 +93,7 @@ def test_save_mask_with_a_method_that_predicts_none_is_a_usage_error(tmp_path, l
 
 def test_mask_tiles_blend_like_the_image(tmp_path):
     """The mask is a declared output, so the engine tiles and blends it like the image."""
-    from derain_cli.engine.inference import InferenceEngine
+    from derain_cli.inference.engine import InferenceEngine
 
     torch.manual_seed(1)
     spec = get_method("jorder")
@@ -111,7 +111,7 @@ def test_shipped_mask_finds_the_real_streaks():
     """On Rain100L test pairs the shipped model's rain probability is far higher on the
     streaks (thresholded O - B) than elsewhere; an untrained detector scores ~1x."""
     import derain_cli
-    from derain_cli.data import find_pairs, load_pair
+    from derain_cli.data.pairs import find_pairs, load_pair
 
     restorer = derain_cli.load("jorder.rain100l", device="cpu", tile=0)
     for pair in find_pairs(DATA / "rain100l" / "test")[:3]:
@@ -124,7 +124,7 @@ def test_shipped_mask_finds_the_real_streaks():
 
 def test_api_saves_masks_through_the_same_options(tmp_path, lpnet_checkpoint):
     import derain_cli
-    from derain_cli.batch import OutputOptions
+    from derain_cli.media.batch import OutputOptions
     from derain_cli.errors import UsageError
 
     src = tmp_path / "a.png"

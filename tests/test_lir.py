@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.methods import MethodSpec, TrainingRecipe
 from derain_cli.methods.lir import (
     LIR,
@@ -25,7 +25,7 @@ from derain_cli.methods.lir import (
     VGGFeatures,
     receptive_radius,
 )
-from derain_cli.unpaired import CropSampler, UnpairedObjective, _frozen
+from derain_cli.training.objectives.unpaired import CropSampler, UnpairedObjective, _frozen
 
 from conftest import rainy_picture
 
@@ -298,7 +298,7 @@ class TinyLIR(LIR):
 
 
 def test_trainer_runs_the_unpaired_objective_and_resumes_exactly(tmp_path):
-    from derain_cli.engine.training import TrainConfig, Trainer
+    from derain_cli.training.trainer import TrainConfig, Trainer
 
     rainy, clean = _pictures(tmp_path / "rainy", 4, True, 0), _pictures(tmp_path / "clean", 4, False, 1)
     spec = MethodSpec(name="lir-test", network="test_lir:TinyLIR", summary="", paper="", size_multiple=4,

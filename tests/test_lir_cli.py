@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from derain_cli.cli import app
 from derain_cli.errors import UsageError
 from derain_cli.methods import get_method
-from derain_cli.unpaired import VGG_ENTRY, semantic_network
+from derain_cli.training.objectives.unpaired import VGG_ENTRY, semantic_network
 from derain_cli.weights.manifest import split_name
 
 from conftest import rainy_picture
@@ -62,8 +62,8 @@ def test_cli_trains_lir_small_on_unpaired_folders_and_remove_uses_it(tmp_path):
 
 
 def test_split_unpaired_trains_on_disjoint_halves_of_pairs(tmp_path):
-    from derain_cli.data import find_pairs
-    from derain_cli.unpaired import unpaired_halves
+    from derain_cli.data.pairs import find_pairs
+    from derain_cli.training.objectives.unpaired import unpaired_halves
 
     data = tmp_path / "pairs"
     for sub, seed in (("rain", 0), ("norain", 1)):
@@ -185,7 +185,7 @@ def test_crops_the_discriminators_cannot_take_are_refused(tmp_path):
 
 
 def test_resume_refuses_a_changed_semantic_switch(tmp_path):
-    from derain_cli.unpaired import UnpairedObjective
+    from derain_cli.training.objectives.unpaired import UnpairedObjective
 
     rainy, clean = _pictures(tmp_path / "rainy", 2, True, 0), _pictures(tmp_path / "clean", 2, False, 1)
     plain = UnpairedObjective.from_folders(rainy, clean, 8, 1, batch_size=2, warn=lambda m: None)
@@ -216,7 +216,7 @@ def test_paired_training_saves_your_model_but_never_a_shipped_name(tmp_path):
 def _agree_or_not(rank, world_size, init, differ, outcomes):
     import torch.distributed as dist
 
-    from derain_cli.engine.training import check_same_weights
+    from derain_cli.training.trainer import check_same_weights
     from derain_cli.errors import DerainError
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)

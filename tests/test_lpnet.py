@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.methods import get_method
 from derain_cli.methods.lpnet import LPNet, LaplacianPyramid, state_dict_from_tensorflow
 

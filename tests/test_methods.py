@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.errors import UsageError
 from derain_cli.methods import METHODS, get_method
 from derain_cli.weights.loading import load_into, read_state_dict

@@ -9,7 +9,7 @@ from PIL import Image
 from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from derain_cli.metrics import psnr, rgb_to_y, ssim
+from derain_cli.evaluation.metrics import psnr, rgb_to_y, ssim
 
 from conftest import DATA, needs_shared, rainy_picture
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 import derain_cli
 from derain_cli.methods.prenet import PReNet
-from derain_cli.metrics import psnr
+from derain_cli.evaluation.metrics import psnr
 from derain_cli.weights.loading import load_into, read_state_dict
 
 from conftest import DATA, REFERENCE, needs_shared

@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import derain_cli.batch as batch
-import derain_cli.engine.device as device
-from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs
+import derain_cli.media.batch as batch
+import derain_cli.inference.device as device
+from derain_cli.media.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs
 from derain_cli.cli import app
-from derain_cli.engine.inference import InferenceEngine
+from derain_cli.inference.engine import InferenceEngine
 from derain_cli.errors import UsageError
-from derain_cli.io import remove_stale_temporaries
+from derain_cli.media.images import remove_stale_temporaries
 from derain_cli.methods import get_method
 
 from conftest import rainy_picture
@@ -183,7 +183,7 @@ def test_auto_precision_uses_bf16_only_where_native_and_declared_safe(monkeypatc
 
 
 def test_explicit_bf16_on_an_emulating_cpu_warns_with_the_measured_cost(monkeypatch):
-    import derain_cli.engine.inference as inference
+    import derain_cli.inference.engine as inference
 
     notices = []
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import derain_cli
-from derain_cli.benchmark import evaluate
+from derain_cli.evaluation.benchmark import evaluate
 from derain_cli.cli import app
 from derain_cli.weights.manifest import load_manifest
 from derain_cli.weights.resolve import resolve

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from derain_cli.methods.irnn import DIRECTIONS, irnn_scan
+from derain_cli.kernels.irnn import DIRECTIONS, irnn_scan
 from derain_cli.methods.spanet import SPANet, rain_mask
 
 from conftest import REFERENCE, needs_shared

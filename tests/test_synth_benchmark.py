@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from derain_cli.benchmark import dataset_name, published_scores
+from derain_cli.evaluation.benchmark import dataset_name, published_scores
 from derain_cli.cli import app
-from derain_cli.data import find_pairs
-from derain_cli.metrics import psnr
-from derain_cli.synth import STYLES, add_rain
+from derain_cli.data.pairs import find_pairs
+from derain_cli.evaluation.metrics import psnr
+from derain_cli.data.synth import STYLES, add_rain
 
 from conftest import DATA, needs_shared, rainy_picture
 from test_training import make_dataset
@@ -118,7 +118,7 @@ def test_published_scores_cite_sources():
 
 def test_truncation_follows_the_authors_protocol(tmp_path, lpnet_checkpoint):
     import derain_cli
-    from derain_cli.benchmark import evaluate
+    from derain_cli.evaluation.benchmark import evaluate
 
     data = make_dataset(tmp_path / "set", n=2)
     restorer = derain_cli.load("lpnet", weights=str(lpnet_checkpoint), device="cpu", tile=0)
@@ -138,7 +138,7 @@ def test_input_row_scores_the_rainy_pictures_themselves(tmp_path):
     assert [r["method"] for r in rows] == ["input", "lpnet"]
     pair = find_pairs(data)[0]
     rainy, clean = (np.asarray(Image.open(p).convert("RGB")) for p in (pair.rainy, pair.clean))
-    from derain_cli.metrics import score_uint8
+    from derain_cli.evaluation.metrics import score_uint8
 
     assert rows[0]["images"][0]["psnr"] == pytest.approx(score_uint8(rainy, clean, "y")[0], abs=1e-9)
     assert "| input | - | rain100x | 2 |" in (tmp_path / "b.md").read_text()
@@ -147,6 +147,6 @@ def test_input_row_scores_the_rainy_pictures_themselves(tmp_path):
 @pytest.mark.slow
 @needs_shared
 def test_input_row_gives_rain100l_its_known_26_90():
-    from derain_cli.benchmark import evaluate_input
+    from derain_cli.evaluation.benchmark import evaluate_input
 
     assert evaluate_input(DATA / "rain100l/test").psnr == pytest.approx(26.90, abs=0.005)

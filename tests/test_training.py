@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from derain_cli.data import DatasetError, PatchSampler, find_pairs
-from derain_cli.engine.objectives import SupervisedObjective
-from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
+from derain_cli.data.pairs import DatasetError, PatchSampler, find_pairs
+from derain_cli.training.objectives.base import SupervisedObjective
+from derain_cli.training.trainer import TrainConfig, Trainer, split_pairs
 from derain_cli.methods import get_method
 
 from conftest import rainy_picture

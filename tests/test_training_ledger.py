@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from derain_cli.plan import load_plan
-from derain_cli.plan_ledger import KEPT, STATUS, Layout, Ledger, LedgerRunner, RunnerLock, status_report
+from planning.plan import load_plan
+from planning.ledger import KEPT, STATUS, Layout, Ledger, LedgerRunner, RunnerLock, status_report
 
 from test_training import make_dataset
 
@@ -216,7 +216,7 @@ def test_a_distilled_entry_keeps_the_teachers_outputs_out_of_the_ledger(tmp_path
 
 def test_signals_reach_workers_in_sessions_of_their_own(tmp_path):
     """torchrun starts each worker in a session of its own: pause and stop go to the whole tree."""
-    from derain_cli.plan_ledger import process_tree, signal_tree
+    from planning.ledger import process_tree, signal_tree
 
     code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
             "start_new_session=True); time.sleep(60)")

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from derain_cli.data import PatchSampler, find_pairs, load_pair
-from derain_cli.engine.amp import training_precision
-from derain_cli.engine.objectives import SupervisedObjective
-from derain_cli.engine.patches import DevicePatchSampler, PairBank
-from derain_cli.engine.training import Trainer, _learning_rate, split_pairs
+from derain_cli.data.pairs import PatchSampler, find_pairs, load_pair
+from derain_cli.inference.precision import training_precision
+from derain_cli.training.objectives.base import SupervisedObjective
+from derain_cli.data.device_patches import DevicePatchSampler, PairBank
+from derain_cli.training.trainer import Trainer, _learning_rate, split_pairs
 from derain_cli.errors import UsageError
 from derain_cli.methods import get_method
 
@@ -93,7 +93,7 @@ def test_bf16_autocast_follows_the_fp32_loss_curve(tmp_path, method):
 
 
 def test_precision_choice(monkeypatch):
-    import derain_cli.engine.amp as amp
+    import derain_cli.inference.precision as amp
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     warnings = []
@@ -145,7 +145,7 @@ def test_train_cli_precision_and_minutes(tmp_path):
     from typer.testing import CliRunner
 
     from derain_cli.cli import app
-    from derain_cli.engine.device import cpu_has_native_bf16
+    from derain_cli.inference.device import cpu_has_native_bf16
 
     make_dataset(tmp_path / "data")
     args = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--iterations", "100000", "--batch-size", "2",
@@ -166,7 +166,7 @@ def test_train_cli_precision_and_minutes(tmp_path):
 # -- the training plan ---------------------------------------------------------------------
 
 def test_the_repository_plan_lists_every_shipped_checkpoint():
-    from derain_cli.plan import load_plan
+    from planning.plan import load_plan
     from derain_cli.weights.manifest import load_manifest
 
     root = Path(__file__).resolve().parents[1]
@@ -194,8 +194,8 @@ def _tiny_plan(tmp_path: Path) -> Path:
 
 
 def test_plan_runner_stops_at_its_budget_and_resumes(tmp_path, monkeypatch):
-    import derain_cli.plan as plan_module
-    from derain_cli.plan import PlanRunner, export, import_runs, load_plan, report
+    import planning.plan as plan_module
+    from planning.plan import PlanRunner, export, import_runs, load_plan, report
 
     monkeypatch.setattr(plan_module, "STARTUP_S", 10)
     monkeypatch.setattr(plan_module, "MIN_TRAINING_S", 5)
@@ -230,7 +230,7 @@ def test_plan_runner_stops_at_its_budget_and_resumes(tmp_path, monkeypatch):
 
 
 def test_staged_data_unpacks_bit_for_bit(tmp_path):
-    from derain_cli.plan_stage import stage, unstage
+    from planning.stage import stage, unstage
 
     make_dataset(tmp_path / "data" / "set", 3)
     stage(tmp_path / "data", ["set"], tmp_path / "staged")

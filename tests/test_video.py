@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 av = pytest.importorskip("av", reason="video needs PyAV (pip install 'derain[video]')")
 
-import derain_cli.video as video  # noqa: E402
+import derain_cli.media.video as video  # noqa: E402
 from derain_cli.cli import app  # noqa: E402
-from derain_cli.engine.inference import InferenceEngine  # noqa: E402
+from derain_cli.inference.engine import InferenceEngine  # noqa: E402
 from derain_cli.methods import get_method  # noqa: E402
-from derain_cli.synth import STYLES, add_rain  # noqa: E402
+from derain_cli.data.synth import STYLES, add_rain  # noqa: E402
 
 from conftest import make_checkpoint, rainy_picture  # noqa: E402
 

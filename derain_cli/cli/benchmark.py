@@ -38,7 +38,7 @@ def benchmark(
 def _benchmark(data, methods, weights, channel, quantize, published, device, precision, tile, limit,
                json_path, csv_path, markdown_path, offline, score_input) -> None:
     from derain_cli.api import load
-    from derain_cli.benchmark import CONVENTION, QUANTIZE, convention, evaluate, evaluate_input, published_scores
+    from derain_cli.evaluation.benchmark import CONVENTION, QUANTIZE, convention, evaluate, evaluate_input, published_scores
     from derain_cli.errors import UsageError
 
     if channel not in CONVENTION:
@@ -75,7 +75,7 @@ def _benchmark(data, methods, weights, channel, quantize, published, device, pre
 def _runs(methods, weights, data, published) -> list[tuple[str, str | None, list[Path]]]:
     """(method, --weights, folders) to score: the chosen methods on every folder, then with
     --published the authors' checkpoints trained for each folder's data set."""
-    from derain_cli.benchmark import authors_checkpoints
+    from derain_cli.evaluation.benchmark import authors_checkpoints
     from derain_cli.weights.manifest import split_name
 
     runs = [(method, weights, data) for method in methods]
@@ -89,7 +89,7 @@ def _runs(methods, weights, data, published) -> list[tuple[str, str | None, list
 
 
 def _table(results, reference):
-    from derain_cli.benchmark import INPUT
+    from derain_cli.evaluation.benchmark import INPUT
 
     headers = ["method", "weights", "dataset", "pairs", "PSNR", "SSIM"]
     if reference:

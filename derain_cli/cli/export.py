@@ -38,7 +38,7 @@ def export(
     Exit codes: 0 written, 1 export failed or did not reproduce the network, 2 usage error
     (also: onnx packages missing), 3 weights unavailable or failed verification.
     """
-    from derain_cli.export import TOLERANCE, export_model
+    from derain_cli.export.exporter import TOLERANCE, export_model
 
     with exit_codes():
         notice = (lambda message: None) if quiet else (lambda message: say(message, style="yellow"))

@@ -49,8 +49,8 @@ def finetune_real(
 
 
 def _run_folder(method: str, tag: str | None, photos: Path) -> Path:
-    """The run folder finetune-real uses for these options (as derain_cli.finetune names it)."""
-    from derain_cli.finetune import run_folder
+    """The run folder finetune-real uses for these options (as derain_cli.training.finetune names it)."""
+    from derain_cli.weights.user import run_folder
     from derain_cli.weights.manifest import split_name
     from derain_cli.weights.user import check_installable, safe_tag
 
@@ -61,7 +61,7 @@ def _finetune_real(photos, method, algorithm, teacher, tag, pairs, weights, iter
                    val_every, checkpoint_every, max_side, resume, restart, seed, device, quiet, guard) -> None:
     from derain_cli.cli.train import training_progress
     from derain_cli.errors import UsageError
-    from derain_cli.finetune import FinetuneRequest, finetune_real as run
+    from derain_cli.training.finetune import FinetuneRequest, finetune_real as run
 
     if resume and restart:
         raise UsageError("--resume and --restart exclude each other")

@@ -80,9 +80,9 @@ def remove(
 def _remove(inputs, output, method, weights, recursive, suffix, ext, overwrite, skip_existing, save_mask, device,
             precision, tile, quality, max_pixels, shard, jobs, codec, crf, temporal, offline, json_lines, quiet) -> int:
     from derain_cli.api import load, method_spec
-    from derain_cli.engine.tiling import check_tile
-    from derain_cli.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs, run_videos
-    from derain_cli.video import VideoOptions, check_codec, frame_count, is_video
+    from derain_cli.inference.tiling import check_tile
+    from derain_cli.media.batch import OutputOptions, Shard, collect_inputs, plan_jobs, run_jobs, run_videos
+    from derain_cli.media.video import VideoOptions, check_codec, frame_count, is_video
 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing exclude each other")

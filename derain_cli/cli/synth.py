@@ -34,10 +34,10 @@ def synth(
 def _synth(clean, out, style, seed, copies, recursive, overwrite) -> int:
     import zlib
 
-    from derain_cli.batch import collect_inputs
+    from derain_cli.media.batch import collect_inputs
     from derain_cli.errors import UsageError
-    from derain_cli.io import Picture, read_image, write_image
-    from derain_cli.synth import STYLES, add_rain
+    from derain_cli.media.images import Picture, read_image, write_image
+    from derain_cli.data.synth import STYLES, add_rain
 
     if style not in STYLES:
         raise UsageError(f"style must be one of {', '.join(STYLES)}, got '{style}'")
@@ -72,7 +72,7 @@ def _is_input(path: Path, source: Path) -> bool:
 def _refuse_unsafe(out: Path, names: dict[Path, list[Path]], overwrite: bool) -> None:
     """UsageError, before anything is written, when a pair would replace an input, or (without
     ``overwrite``) when OUT is already a pair folder: pictures in OUT/rain, or a file to be written."""
-    from derain_cli.batch import MEDIA_EXTENSIONS
+    from derain_cli.media.batch import MEDIA_EXTENSIONS
     from derain_cli.errors import UsageError
 
     inputs = {source.resolve() for source in names}

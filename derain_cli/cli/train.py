@@ -127,12 +127,12 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
 
     started = time.time()
 
-    from derain_cli.data import find_pairs, find_photos
-    from derain_cli.engine.objectives import SupervisedObjective
-    from derain_cli.engine.training import TrainConfig, Trainer, split_pairs
+    from derain_cli.data.pairs import find_pairs, find_photos
+    from derain_cli.training.objectives.base import SupervisedObjective
+    from derain_cli.training.trainer import TrainConfig, Trainer, split_pairs
     from derain_cli.errors import UsageError
     from derain_cli.methods import get_method
-    from derain_cli.unpaired import unpaired_halves
+    from derain_cli.training.objectives.unpaired import unpaired_halves
 
     spec = get_method(method)
     recipe = spec.recipe
@@ -175,7 +175,7 @@ def _train(data, method, out, val, val_split, iterations, batch_size, patch_size
         objective = _unpaired_objective(spec, *unpaired_photos, config, semantic, vgg, log)
         what = f"{len(objective.rainy)} rainy + {len(objective.clean)} clean unpaired photos"
     elif mode == "distill":
-        from derain_cli.distill import distill_objective
+        from derain_cli.training.objectives.distill import distill_objective
 
         objective = distill_objective(
             teacher, photos, train_pairs, batch_size=config.batch_size, patch_size=config.patch_size,
@@ -289,7 +289,7 @@ def _check_data(spec, data, rainy, clean, split_unpaired, teacher, photos) -> st
 
 
 def _unpaired_objective(spec, rainy: list, clean: list, config, semantic, vgg, log):
-    from derain_cli.unpaired import UnpairedObjective, semantic_network
+    from derain_cli.training.objectives.unpaired import UnpairedObjective, semantic_network
 
     import torch
 

@@ -25,7 +25,7 @@ pixel (per-position statistics, per-channel affine weight and bias), so the netw
 tileable: its output at a pixel depends only on its receptive field (``receptive_radius``).
 Their layer norm's gamma starts uniform in [0, 1); here it starts at one (the usual choice).
 
-Building blocks for the training objective (derain_cli/unpaired.py) live here too:
+Building blocks for the training objective (derain_cli/training/objectives/unpaired.py) live here too:
 ``LIRTraining`` (E_b, E_a^n, G_a, D_a, D_b, D_c and the loss terms), ``VGGFeatures`` (the
 semantic loss's frozen VGG19 up to conv4_1, from a state dict given to it) and
 ``GaussianBlur`` (the background-guidance loss's fixed blurs).
@@ -160,7 +160,7 @@ class LIR(nn.Module):
 
     def training_loss(self, rainy: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
         """L1 of the clean decoder's output on paired data (not the paper's training, which is
-        unpaired: derain_cli/unpaired.py); lets ``derain train`` fine-tune LIR on pairs."""
+        unpaired: derain_cli/training/objectives/unpaired.py); lets ``derain train`` fine-tune LIR on pairs."""
         return {"loss": F.l1_loss(self.decoder(self.content(rainy)), clean)}
 
 

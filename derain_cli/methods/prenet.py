@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derain_cli.engine.blocks import blocking_applies, run_in_blocks
-from derain_cli.engine.fused import conv_act, fusion_applies
-from derain_cli.losses import ssim_loss
+from derain_cli.kernels.blocks import blocking_applies, run_in_blocks
+from derain_cli.kernels.fused import conv_act, fusion_applies
+from derain_cli.kernels.ssim import ssim_loss
 
 STAGES = 6
 CHANNELS = 32

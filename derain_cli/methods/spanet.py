@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derain_cli.engine.fused import conv_act
-from derain_cli.losses import ssim_loss
-from derain_cli.methods.irnn import DIRECTIONS, irnn_scan, scan
+from derain_cli.kernels.fused import conv_act
+from derain_cli.kernels.ssim import ssim_loss
+from derain_cli.kernels.irnn import DIRECTIONS, irnn_scan, scan
 
 CHANNELS = 32
 BLOCKS = 17

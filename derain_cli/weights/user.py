@@ -106,7 +106,7 @@ def install_keeping(name: str, weights: Path, sha256: str, trained: str, card: s
     is renamed METHOD.TAG-YYYYMMDD-HHMMSS (when it was saved), still a model of yours (``-m``,
     ``models list``/``remove``). Returns the new folder and the earlier model's new name (None
     when there was none, or it held these very weights)."""
-    from derain_cli.io import current_umask
+    from derain_cli.media.images import current_umask
 
     key = check_installable(name)
     root = models_dir()
@@ -155,7 +155,7 @@ def _aside_name(folder: Path) -> str:
     base = f"{folder.name}-{datetime.datetime.fromtimestamp(saved):%Y%m%d-%H%M%S}"
     name, n = base, 1
     shipped = load_manifest()
-    while (folder.parent / name).exists() or name in shipped or _run_folder(name).exists():
+    while (folder.parent / name).exists() or name in shipped or run_folder(name).exists():
         n += 1
         name = f"{base}-{n}"
     return name
@@ -174,7 +174,7 @@ def remove(name: str) -> list[Path]:
     resume from, synthesised pairs), whichever exist; returns them. Shipped checkpoints cannot
     be removed."""
     key = _model_name(name)
-    folders = [f for f in (models_dir() / key, _run_folder(key)) if f.is_dir() and not f.is_symlink()]
+    folders = [f for f in (models_dir() / key, run_folder(key)) if f.is_dir() and not f.is_symlink()]
     if not folders:
         if key in load_manifest():
             raise UsageError(f"{key} is shipped with derain, not one of your models; it cannot be removed")
@@ -188,7 +188,6 @@ def remove(name: str) -> list[Path]:
     return folders
 
 
-def _run_folder(key: str) -> Path:
-    from derain_cli.finetune import run_folder
-
-    return run_folder(key)
+def run_folder(key: str) -> Path:
+    """Where `finetune-real` trains the model it will install as ``key`` (METHOD.TAG)."""
+    return runs_dir() / "finetune-real" / key

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from derain_cli.errors import ImageError, UsageError
-from derain_cli.io import current_umask, temporary_beside
+from derain_cli.media.images import current_umask, temporary_beside
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
 QUALITY_CODECS = {"libx264": "crf", "libx265": "crf", "libvpx-vp9": "crf", "libsvtav1": "crf"}

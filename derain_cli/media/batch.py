@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from derain_cli.errors import DerainError, UsageError
-from derain_cli.io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, remove_stale_temporaries, write_image
-from derain_cli.video import VIDEO_EXTENSIONS, VideoOptions, derain_video, is_video
+from derain_cli.media.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Picture, read_image, remove_stale_temporaries, write_image
+from derain_cli.media.video import VIDEO_EXTENSIONS, VideoOptions, derain_video, is_video
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 

@@ -14,6 +14,8 @@ of dynamic height and width is a measured one.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import importlib
 import json
 import os
@@ -29,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from derain_cli import __version__
-from derain_cli.engine.checkpoints import build_network
-from derain_cli.engine.tiling import aligned_size
+from derain_cli.inference.checkpoints import build_network
+from derain_cli.inference.tiling import aligned_size
 from derain_cli.errors import DerainError, UsageError, WeightsError
-from derain_cli.io import current_umask
+from derain_cli.media.images import current_umask
 from derain_cli.methods import MethodSpec, get_method
 from derain_cli.weights.manifest import split_name
 from derain_cli.weights.resolve import resolve, sha256_of
@@ -209,7 +210,7 @@ def export_model(
         dynamic_axes=("batch",) if height else ("batch", "height", "width"),
         height=height or 0, width=width or 0,
         opset=(DYNAMO_OPSET if dynamo else OPSET) if fmt == "onnx" else 0,
-        exporter="torch.export" if dynamo else "torch.jit.trace", derain_version=__version__,
+        exporter="torch.export" if dynamo else "torch.jit.trace", derain_version=version("derain"),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -361,7 +362,7 @@ def _max_difference(network, fmt: str, temp: Path, metadata: ExportMetadata, sha
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
     try:
         if fmt == "onnx":
-            from derain_cli.onnx_runner import open_session
+            from derain_cli.export.onnx_runner import open_session
 
             session = open_session(temp, temp.name, "cpu")
             got = session.run(None, {INPUT_NAME: x.numpy()})

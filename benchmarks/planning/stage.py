@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from derain_cli.data import find_pairs, load_pair
-from derain_cli.io import read_image
+from derain_cli.data.pairs import find_pairs, load_pair
+from derain_cli.media.images import read_image
 
 MARKER = "staged.json"
 

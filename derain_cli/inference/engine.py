@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from derain_cli.engine.device import (
+from derain_cli.inference.device import (
     BF16_EMULATED_COST,
     cpu_has_native_bf16,
     is_out_of_memory,
@@ -20,7 +20,7 @@ from derain_cli.engine.device import (
     pick_dtype,
     release_cached_memory,
 )
-from derain_cli.engine.tiling import (
+from derain_cli.inference.tiling import (
     StripBlender,
     aligned_size,
     balanced_tile,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from derain_cli.engine.device import cpu_has_native_bf16
+from derain_cli.inference.device import cpu_has_native_bf16
 from derain_cli.errors import UsageError
 
 TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "fp16")

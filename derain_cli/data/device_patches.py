@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from derain_cli.data import DatasetError, Pair, load_pair
+from derain_cli.data.pairs import DatasetError, Pair, load_pair
 
 # share of the GPU's free memory the bank may take; the rest is for activations
 BANK_SHARE_OF_FREE_MEMORY = 0.3

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from derain_cli.data import PatchSampler, PhotoSampler, find_pairs, find_photos
-from derain_cli.distill import TEACHER_FOLDER, distill_objective
-from derain_cli.engine.training import SCHEDULES
+from derain_cli.data.pairs import PatchSampler, PhotoSampler, find_pairs, find_photos
+from derain_cli.training.objectives.distill import TEACHER_FOLDER, distill_objective
+from derain_cli.training.trainer import SCHEDULES
 from derain_cli.errors import UsageError
 from derain_cli.methods import MethodSpec, get_method
 from derain_cli.weights.manifest import split_name
+from derain_cli.weights.user import run_folder
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,8 @@ def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable]
     norain/, PNG). ``out/.complete`` holds the ``signature`` of the inputs (photos, starting
     weights, seed) that made a finished set; a matching set is reused, any other redone.
     ``make_derainer()`` is called only when pairs have to be made."""
-    from derain_cli.io import Picture, write_image
-    from derain_cli.synth import STYLES, add_rain
+    from derain_cli.media.images import Picture, write_image
+    from derain_cli.data.synth import STYLES, add_rain
 
     marker = out / ".complete"
     if marker.is_file() and marker.read_text(encoding="utf-8") == signature:
@@ -122,8 +123,8 @@ def synthesize_pairs(photos: PhotoSampler, make_derainer: Callable[[], Callable]
 
 def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photos: PhotoSampler,
                     mixture_weight: float | None = None, scale_free: bool = True):
-    from derain_cli.adaptation import MomentsObjective, SIRRObjective, SIRRWeights
-    from derain_cli.engine.objectives import SupervisedObjective
+    from derain_cli.training.objectives.adaptation import MomentsObjective, SIRRObjective, SIRRWeights
+    from derain_cli.training.objectives.base import SupervisedObjective
 
     if algorithm == "supervised":
         return SupervisedObjective(pairs)
@@ -131,12 +132,6 @@ def build_objective(spec: MethodSpec, algorithm: str, pairs: PatchSampler, photo
         weights = SIRRWeights() if mixture_weight is None else SIRRWeights(mixture=mixture_weight)
         return SIRRObjective(pairs, photos, weights=weights, scale_free=scale_free)
     return MomentsObjective(pairs, photos, spec.feature_stage)
-
-
-def run_folder(name: str) -> Path:
-    from derain_cli.weights.user import runs_dir
-
-    return runs_dir() / "finetune-real" / name
 
 
 def _check(request: FinetuneRequest) -> None:
@@ -165,7 +160,7 @@ def _labelled_pairs(request: FinetuneRequest, start: str, photos: PhotoSampler, 
                     log: Callable[[str], None]) -> tuple[list, str]:
     """The labelled pairs the semi-supervised algorithms mix in, and where they came from:
     ``--pairs``, or rain synthesised on the start's derained photos (kept in the run folder)."""
-    from derain_cli.api import load
+    from derain_cli.inference.loading import load_engine
     from derain_cli.weights.resolve import resolve, sha256_of
 
     if request.pairs is not None:
@@ -173,7 +168,7 @@ def _labelled_pairs(request: FinetuneRequest, start: str, photos: PhotoSampler, 
     method, start_tag = split_name(request.method)
     start_sha = sha256_of(resolve(f"{method}.{start_tag}", request.weights).path)
     signature = "\n".join([start, start_sha, str(request.seed), _photos_digest(photos)])
-    folder = synthesize_pairs(photos, lambda: load(f"{method}.{start_tag}", request.weights, device=request.device).run,
+    folder = synthesize_pairs(photos, lambda: load_engine(f"{method}.{start_tag}", request.weights, device=request.device)[0].run,
                               out / PAIRS_FOLDER, request.seed, signature, log)
     pair_list = find_pairs(folder)
     return pair_list, (f"synthesised: `derain synth` styles {' + '.join(PAIR_STYLES)} on {start}'s derained "
@@ -211,7 +206,7 @@ def finetune_real(request: FinetuneRequest, log: Callable[[str], None] = print, 
     ``on_trainer(trainer)`` (optional) returns the per-step callback (a progress bar, say).
     Raises UsageError (DatasetError) for unusable input before any training starts.
     """
-    from derain_cli.engine.training import TrainConfig, Trainer
+    from derain_cli.training.trainer import TrainConfig, Trainer
     from derain_cli.weights.user import check_installable, install_keeping, safe_tag
 
     _check(request)
@@ -280,17 +275,17 @@ GUARD_PHOTOS = 8  # photos the harm guard derains with the start and the result
 
 def _harm_guard(request: FinetuneRequest, start: str, photos: PhotoSampler, checkpoint: Path, card: Path,
                 log: Callable[[str], None]) -> None:
-    """Compare the result with its start on some of the user's photos (derain_cli/harm.py) and
+    """Compare the result with its start on some of the user's photos (derain_cli/evaluation/harm.py) and
     add the figures to the card; HarmfulResult when it darkens, shifts colour or blurs more
     than the start does (unless ``request.guard`` is off)."""
-    from derain_cli.api import load
+    from derain_cli.inference.loading import load_engine
     from derain_cli.errors import HarmfulResult
-    from derain_cli.harm import harm_added, on_photos
+    from derain_cli.evaluation.harm import harm_added, on_photos
 
     chosen = photos.images[:: max(1, len(photos) // GUARD_PHOTOS)][:GUARD_PHOTOS]
     rgb = [image.permute(1, 2, 0).numpy().astype(np.float32) / 255 for image in chosen]
-    before, after = on_photos(rgb, load(start, request.weights, device=request.device, precision="fp32").run,
-                              load(start.split(".")[0], str(checkpoint), device=request.device, precision="fp32").run)
+    before, after = on_photos(rgb, load_engine(start, request.weights, device=request.device, precision="fp32")[0].run,
+                              load_engine(start.split(".")[0], str(checkpoint), device=request.device, precision="fp32")[0].run)
 
     def figures(h) -> str:
         return (f"whites {h.bright_shift:+.1f}, shadows {h.dark_shift:+.1f}, colour {h.colour_shift:.1f} levels; "
@@ -300,7 +295,7 @@ def _harm_guard(request: FinetuneRequest, start: str, photos: PhotoSampler, chec
     verdict = ("no more harm than the start" if not added else
                "MORE HARM than the start: " + ", ".join(added) + ("" if request.guard else " (saved: --no-guard)"))
     with open(card, "a", encoding="utf-8") as f:
-        f.write(f"\nHarm check on {len(rgb)} of the photos (derain_cli/harm.py, over the start's rain mask):\n"
+        f.write(f"\nHarm check on {len(rgb)} of the photos (derain_cli/evaluation/harm.py, over the start's rain mask):\n"
                 f"start {start}: {figures(before)}; result: {figures(after)}; {verdict}.\n")
     log(f"harm check on {len(rgb)} photos: start {figures(before)}; result {figures(after)}")
     if added and request.guard:

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from derain_cli.data import Pair, PatchSampler, find_photos, shrink
-from derain_cli.engine.objectives import Objective
+from derain_cli.data.pairs import Pair, PatchSampler, find_photos, shrink
+from derain_cli.training.objectives.base import Objective
 from derain_cli.errors import DerainError, UsageError
 
 TEACHER_FOLDER = "teacher"  # in the run folder: rain/ (the photos as trained on) + norain/ (the teacher's)
@@ -38,7 +38,7 @@ def teacher_pairs(photos: list[Path], teacher: Teacher, derain: Callable[[], Cal
     """(photo, teacher's derained photo) pairs in ``out`` (rain/ + norain/, PNG), made where
     missing. ``derain()`` returns the teacher's ``run`` (called only if a photo needs it).
     Photos longer than ``max_side`` are downscaled first; unreadable ones are skipped."""
-    from derain_cli.io import Picture, read_image, write_image
+    from derain_cli.media.images import Picture, read_image, write_image
 
     signature = f"{teacher.name}\n{teacher.sha256}\n{max_side}\n"
     marker = out / ".teacher"
@@ -138,7 +138,7 @@ def distill_objective(teacher_name: str, photos_dir: Path, labelled: list[Pair],
                       log: Callable[[str], None]) -> DistillObjective:
     """The objective of ``derain train --teacher NAME --photos DIR [DATA]``; the teacher's
     outputs go to ``out/teacher``."""
-    from derain_cli.api import load
+    from derain_cli.inference.loading import load_engine
     from derain_cli.weights.resolve import resolve, sha256_of
 
     if not 0 <= pairs_share < 1:
@@ -150,7 +150,7 @@ def distill_objective(teacher_name: str, photos_dir: Path, labelled: list[Pair],
     teacher = Teacher(teacher_name, sha256_of(resolved.path))
     folder = out / TEACHER_FOLDER
     if int(os.environ.get("RANK", "0")) == 0:
-        pairs = teacher_pairs(find_photos(photos_dir), teacher, lambda: load(teacher_name, device=device).run,
+        pairs = teacher_pairs(find_photos(photos_dir), teacher, lambda: load_engine(teacher_name, device=device)[0].run,
                               folder, max_side, log, warn=lambda m: log(f"warning: {m}"))
         _announce(folder, pairs)
     else:  # under torchrun one process derains the photos; the others wait for its list

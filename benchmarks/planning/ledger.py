@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from derain_cli.plan import PlanEntry, _option, beats_shipped, derain_argv, preparation
+from planning.plan import PlanEntry, _option, beats_shipped, derain_argv, preparation
 
 KEPT = ("last.pth", "best.safetensors", "log.jsonl")  # what exact resumption needs
 STATUS = "status.json"
@@ -92,7 +92,7 @@ def checkpoint_step(path: Path) -> int:
     """The step a ``last.pth`` holds; -1 when there is none."""
     if not path.is_file():
         return -1
-    from derain_cli.engine.checkpoints import load_training_state
+    from derain_cli.inference.checkpoints import load_training_state
 
     return int(load_training_state(path)["step"])
 
@@ -544,7 +544,7 @@ class LedgerRunner:
         """A distilled entry: the teacher derains every photo it has not yet (derain train caches
         its outputs in the run folder's teacher/, which here is the work folder's), in a
         one-step run of its own, so that the layouts are timed on training alone."""
-        from derain_cli.data import find_photos
+        from derain_cli.data.pairs import find_photos
 
         argv = derain_argv(entry.command, self.data_root, self.work)
         photos = len(find_photos(Path(_option(argv, "--photos"))))

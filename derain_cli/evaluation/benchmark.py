@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from derain_cli.data import find_pairs, load_pair
-from derain_cli.metrics import score_uint8
+from derain_cli.data.pairs import find_pairs, load_pair
+from derain_cli.evaluation.metrics import score_uint8
 
 PUBLISHED_FILE = Path(__file__).with_name("published.toml")
 CONVENTION = {

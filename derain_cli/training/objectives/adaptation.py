@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derain_cli.data import PatchSampler, PhotoSampler
-from derain_cli.engine.objectives import Objective
-from derain_cli.losses import ZeroMeanMixture, gaussian_kl, mixture_nll, moment_distances, total_variation
+from derain_cli.data.pairs import PatchSampler, PhotoSampler
+from derain_cli.training.objectives.base import Objective
+from derain_cli.training.losses import ZeroMeanMixture, gaussian_kl, mixture_nll, moment_distances, total_variation
 
 
 def derained(output) -> torch.Tensor:

@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from derain_cli.data import DatasetError, Pair, find_photos, shrink
-from derain_cli.engine.objectives import Objective, average_gradients
+from derain_cli.data.pairs import DatasetError, Pair, find_photos, shrink
+from derain_cli.training.objectives.base import Objective, average_gradients
 from derain_cli.errors import DerainError, UsageError
-from derain_cli.io import read_image
+from derain_cli.media.images import read_image
 from derain_cli.methods.lir import LIR, LIRTraining, LIRWeights, VGGFeatures
 
 MIN_CROP = 64  # the image discriminators' four stride-2 reflect-padded convolutions need it

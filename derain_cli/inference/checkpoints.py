@@ -37,7 +37,7 @@ def save_atomic(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    from derain_cli.io import current_umask
+    from derain_cli.media.images import current_umask
 
     os.chmod(tmp, 0o666 & ~current_umask())
     try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from derain_cli.kernels.ssim import gaussian_window, ssim_map
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)  # MATLAB rgb2ycbcr for inputs in [0, 1]
 
@@ -40,31 +41,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor, channel: str = "y") -> torch.Tensor:
     a, b = _prepare(x, y, channel)
     mse = (a - b).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(255.0**2 / mse)
-
-
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """(size, size) normalised Gaussian, float64."""
-    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
-
-
-def ssim_map(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, data_range: float) -> torch.Tensor:
-    """Per-pixel SSIM (Wang et al. 2004, K1=0.01, K2=0.03) with 'valid' filtering by a
-    (k, k) ``window`` applied to each channel of (B, C, H, W) tensors; also used by the loss."""
-    c = a.shape[1]
-    w = window.to(a).expand(c, 1, *window.shape)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, w, groups=c)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, channel: str = "y") -> torch.Tensor:

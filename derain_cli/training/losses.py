@@ -3,7 +3,6 @@
 Shapes: images (B, C, H, W) in [0, 1]; a residual is any tensor (its elements are treated as
 independent samples). Every function returns a scalar tensor.
 
-- ``ssim_loss``: 1 - SSIM (LPNet, PReNet).
 - ``ZeroMeanMixture``: SIRR's model of real rain, a K-component zero-mean Gaussian mixture over
   the residual elements x - f(x), refitted by EM on every real batch (Wei et al. CVPR 2019).
 - ``mixture_nll``: its negative log-likelihood term, responsibilities and variances constant.
@@ -20,23 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from derain_cli.metrics import gaussian_window, ssim_map
 
 VARIANCE_FLOOR = 1e-6  # the SIRR authors' floor; keeps a collapsed component finite
-
-
-def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """1 - mean SSIM over channels (data range 1, Gaussian window, 'valid' filtering).
-
-    Images smaller than the window use a window of their size (LPNet's coarse levels).
-    Computed in float32 even under autocast: its variances are differences of nearly equal
-    blurred squares, which bf16's 8-bit mantissa would cancel away.
-    """
-    if x.shape != y.shape:
-        raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-    size = min(window, x.shape[-2], x.shape[-1])
-    with torch.autocast(x.device.type, enabled=False):
-        return 1.0 - ssim_map(x.float(), y.float(), gaussian_window(size, sigma), 1.0).mean()
 
 
 def _samples(x: torch.Tensor) -> torch.Tensor:

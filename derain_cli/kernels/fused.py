@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derain_cli.engine.blocks import blocking_applies
+from derain_cli.kernels.blocks import blocking_applies
 
 
 def _pointwise_op():

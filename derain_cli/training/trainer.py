@@ -29,15 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from derain_cli.data import Pair, load_pair
-from derain_cli.engine.amp import autocast, grad_scaler, training_precision
-from derain_cli.engine.checkpoints import export_safetensors, load_training_state, save_atomic
-from derain_cli.engine.device import pick_device
-from derain_cli.engine.inference import InferenceEngine
-from derain_cli.engine.objectives import Objective
+from derain_cli.data.pairs import Pair, load_pair
+from derain_cli.inference.precision import autocast, grad_scaler, training_precision
+from derain_cli.inference.checkpoints import export_safetensors, load_training_state, save_atomic
+from derain_cli.inference.device import pick_device
+from derain_cli.inference.engine import InferenceEngine
+from derain_cli.training.objectives.base import Objective
 from derain_cli.errors import DerainError, Interrupted, UsageError
 from derain_cli.methods import MethodSpec
-from derain_cli.metrics import score_uint8
+from derain_cli.evaluation.metrics import score_uint8
 
 SCHEDULES = ("constant", "cosine", "steps", "multistep:F1,F2,...:FACTOR")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from derain_cli.data import Pair, PatchSampler
-from derain_cli.engine.patches import DevicePatchSampler
+from derain_cli.data.pairs import Pair, PatchSampler
+from derain_cli.data.device_patches import DevicePatchSampler
 
 SAMPLERS = ("device", "host")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from derain_cli.errors import DerainError, UsageError
-from derain_cli.io import IMAGE_EXTENSIONS, read_image
+from derain_cli.media.images import IMAGE_EXTENSIONS, read_image
 
 FOLDER_LAYOUTS = (("rain", "norain"), ("input", "target"))
 

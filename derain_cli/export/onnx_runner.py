@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from derain_cli.engine.tiling import aligned_size, round_up
+from derain_cli.inference.tiling import aligned_size, round_up
 from derain_cli.errors import UsageError, WeightsError
-from derain_cli.export import INPUT_NAME, ExportMetadata, require_onnx
+from derain_cli.export.exporter import INPUT_NAME, ExportMetadata, require_onnx
 from derain_cli.methods import MethodSpec
 from derain_cli.weights.manifest import split_name
 

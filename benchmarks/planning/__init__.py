@@ -1,0 +1,1 @@
+"""Developer tooling: the training plan, its ledger runner and its staging (not part of the package)."""

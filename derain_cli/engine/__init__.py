@@ -1,1 +1,0 @@
-"""What every command shares: device choice, tiled inference, (later) the training loop."""
