@@ -2,6 +2,7 @@
 
 Usage:
   python benchmarks/contact_sheet.py PHOTOS_DIR -m msdn.rain100l -m msdn.real -o docs/img/sheet.jpg
+      (-m also takes METHOD=FILE, a run's weights before they ship)
       [--count 12] [--height 200] [--crop 320]
 
 Each photo is derained whole (tiled as `derain remove` does) at most --max-side pixels on its
@@ -20,6 +21,12 @@ import numpy as np
 from derain_cli.api import load
 from derain_cli.data.pairs import find_photos, shrink
 from derain_cli.media.images import read_image
+
+
+def _label(name: str) -> str:
+    """A column's label: the checkpoint's name, or METHOD (FILE's stem) for METHOD=FILE."""
+    method, _, weights = name.partition("=")
+    return f"{method} ({Path(weights).stem})" if weights else name
 
 
 def centre_crop(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -51,11 +58,12 @@ def main() -> None:
     files = find_photos(args.photos)
     step = max(1, len(files) // args.count)
     chosen = files[::step][: args.count]
-    restorers = [load(m, device=args.device) for m in args.method]
+    # METHOD=FILE: a run's weights before they ship
+    restorers = [load(m.partition("=")[0], m.partition("=")[2] or None, device=args.device) for m in args.method]
     rows = []
     for path in chosen:
         rgb = shrink(read_image(path).rgb8, args.max_side)
-        tiles = [("input " + path.name, rgb)] + [(m, r.run(rgb)["image"]) for m, r in zip(args.method, restorers)]
+        tiles = [("input " + path.name, rgb)] + [(_label(m), r.run(rgb)["image"]) for m, r in zip(args.method, restorers, strict=True)]
         row = []
         for text, image in tiles:
             crop = centre_crop(image, args.crop)

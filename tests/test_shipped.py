@@ -59,8 +59,8 @@ DOCUMENTED = [
     ("msdn.rain100h", "rain100h", 22.29, 0.6721),
     ("jorder.rain100l", "rain100l", 30.43, 0.9069),
     ("jorder.rain100h", "rain100h", 20.53, 0.5854),
-    ("lpnet.real", "rain100l", 30.58, 0.9227),
-    ("spanet.spa", "rain100l", 29.33, 0.9022),  # the SPANet authors' real-rain weights, converted  # the default: distilled from spanet.spa on real photos (real_rain.md)
+    ("lpnet.real", "rain100l", 30.52, 0.9221),  # the default: distilled from spanet.spa on real photos (real_rain.md)
+    ("spanet.spa", "rain100l", 29.33, 0.9022),  # the SPANet authors' real-rain weights, converted
     ("lir-small.rain100l", "rain100l", 19.60, 0.6071),  # unsupervised, undertrained (docs/weights.md)
 ]
 
